@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GEN := server/comms/v1
+PROTOS := $(shell find proto -name '*.proto')
+
+.PHONY: run test build lint install clean
+
+run: build
+	$(VENV)/bin/comms up
+
+test: build lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Python code and the descriptor set Envoy loads, both generated from proto/ (never committed).
+build: $(GEN)/sequences.binpb
+
+$(GEN)/sequences.binpb: $(PROTOS) $(STAMP)
+	mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iproto -I"$$($(PY) -c 'import google.api, pathlib; print(pathlib.Path(google.api.__path__[0]).parents[1])')" \
+		--python_out=server --pyi_out=server --grpc_python_out=server \
+		--include_imports --include_source_info --descriptor_set_out=$@ $(PROTOS)
+
+lint: build
+	$(VENV)/bin/buf lint $(GEN)/sequences.binpb --path comms
+	$(VENV)/bin/ruff check server tests
+	$(VENV)/bin/ruff format --check server tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(GEN) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,152 @@
+-- Lua filter of the comms gateway (see envoy.yaml.in). It sits before the
+-- JSON transcoder, so it sees requests before it and responses after it.
+
+local NS = "comms.gateway"  -- dynamic metadata namespace
+
+-- gRPC status -> HTTP status and contract error code. Codes not listed here
+-- (UNKNOWN, INTERNAL, DATA_LOSS, ...) become a generic 500 that leaks nothing.
+local GRPC_TO_HTTP = {
+  ["3"]  = {422, "validation_error"},
+  ["4"]  = {504, "deadline_exceeded"},
+  ["5"]  = {404, "not_found"},
+  ["6"]  = {409, "already_exists"},
+  ["7"]  = {403, "permission_denied"},
+  ["8"]  = {429, "resource_exhausted"},
+  ["9"]  = {409, "failed_precondition"},
+  ["10"] = {409, "aborted"},
+  ["12"] = {501, "not_implemented"},
+  ["14"] = {503, "unavailable"},
+  ["16"] = {401, "unauthenticated"},
+}
+
+local JSON_ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+
+local function json_string(s)
+  -- UTF-8 bytes >= 0x80 pass through untouched; only quotes, backslashes and
+  -- control characters need escaping.
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return JSON_ESC[c] or string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local function unescape_key(s)
+  -- Enough to see that "st\u0065ps" is "steps", as the transcoder would.
+  if not s:find("\\", 1, true) then return s end
+  s = s:gsub("\\u(%x%x%x%x)", function(h)
+    local n = tonumber(h, 16)
+    if n < 128 then return string.char(n) end
+  end)
+  return (s:gsub("\\(.)", "%1"))
+end
+
+-- Does the top-level object have a "steps" key holding an array? The
+-- transcoder reads a missing "steps", null and [] all as an empty list, and
+-- {} as one element, so only the raw body can tell. Returns "ok", "missing",
+-- "not_array", or nil when the body is not an object or visibly malformed
+-- (then the transcoder reports it, with its own message).
+local function steps_state(body)
+  local i = body:find("%S")
+  if not i or body:sub(i, i) ~= "{" then return nil end
+  local depth, state, n = 0, "missing", #body
+  while true do
+    local j = body:find('["{}%[%]]', i)
+    if not j then return nil end
+    -- Between strings and brackets only JSON punctuation, numbers and
+    -- true/false/null may appear; anything else is garbage.
+    if body:sub(i, j - 1):find("[^%s,:%d%.eE%+%-truefalsn]") then return nil end
+    local c = body:sub(j, j)
+    if c == '"' then
+      local k = j + 1
+      while true do  -- find the closing quote, skipping escapes
+        local q = body:find('[\\"]', k)
+        if not q then return nil end
+        if body:sub(q, q) == '"' then k = q break end
+        k = q + 2
+      end
+      if depth == 1 then  -- a depth-1 string followed by ':' is a key
+        local colon = body:find("%S", k + 1)
+        if colon and body:sub(colon, colon) == ":" and unescape_key(body:sub(j + 1, k - 1)) == "steps" then
+          local v = body:find("%S", colon + 1)
+          if not v then return nil end
+          local first = body:sub(v, v)
+          if first == "[" then state = "ok"
+          elseif body:sub(v, v + 3) == "null" then state = "missing"
+          else state = "not_array" end
+        end
+      end
+      i = k + 1
+    else
+      depth = depth + ((c == "{" or c == "[") and 1 or -1)
+      i = j + 1
+      if depth < 0 then return nil end
+      if depth == 0 then
+        -- The object closed: only whitespace may follow.
+        if body:find("%S", i) then return nil end
+        return state
+      end
+    end
+    if i > n then return nil end
+  end
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  -- Native gRPC is passed through untouched (no buffering, no checks).
+  if (headers:get("content-type") or ""):find("^application/grpc") then return end
+  -- Remember it was an HTTP caller: transcoded responses also carry
+  -- application/grpc, so the response side cannot tell by itself.
+  handle:streamInfo():dynamicMetadata():set(NS, "http", true)
+
+  local path = (headers:get(":path") or ""):match("^[^?]*")
+  if headers:get(":method") ~= "POST" or path ~= "/v1/sequences" then return end
+
+  -- Local 422 replies carry the bare message; local_reply_config wraps it as
+  -- {"error":"validation_error","message":...}.
+  local body = handle:body()
+  local text = body and body:getBytes(0, body:length()) or ""
+  if not text:find("%S") then
+    handle:respond({[":status"] = "422"}, "body: must be a JSON object")
+    return
+  end
+  local state = steps_state(text)
+  if state == "missing" then
+    handle:respond({[":status"] = "422"}, "steps: is required")
+  elseif state == "not_array" then
+    handle:respond({[":status"] = "422"}, "steps: must be an array")
+  end
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local http_code = headers:get("x-http-code")
+  headers:remove("x-http-code")  -- internal hint of the server, never shown
+
+  local md = handle:streamInfo():dynamicMetadata():get(NS)
+  if not (md and md.http) then return end  -- gRPC callers get gRPC as is
+
+  local grpc_status = headers:get("grpc-status")
+  if grpc_status == nil or grpc_status == "0" then
+    -- Success: the transcoder always says 200; the server asks for e.g. 201.
+    if http_code and http_code:match("^2%d%d$") and headers:get(":status") == "200" then
+      headers:replace(":status", http_code)
+    end
+    return
+  end
+
+  -- An upstream gRPC error (headers only, empty body): reshape it.
+  local map = GRPC_TO_HTTP[grpc_status]
+  local status, code, message = 500, "internal", "internal error"
+  if map then
+    status, code = map[1], map[2]
+    message = (headers:get("grpc-message") or ""):gsub("%%(%x%x)", function(h)
+      return string.char(tonumber(h, 16))
+    end)
+    if message == "" then message = (code:gsub("_", " ")) end
+  end
+  headers:replace(":status", tostring(status))
+  headers:replace("content-type", "application/json")
+  headers:remove("grpc-status")
+  headers:remove("grpc-message")
+  headers:remove("grpc-status-details-bin")
+  handle:body(true):setBytes('{"error":"' .. code .. '","message":' .. json_string(message) .. "}")
+end

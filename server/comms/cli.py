@@ -1,0 +1,139 @@
+"""The `comms` command: serve, gateway, up, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from comms import config, db, gateway, migrations
+from comms.server import Server, create_server
+
+log = logging.getLogger("comms")
+
+
+def _start_server(settings: config.Settings) -> Server:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = db.prepare(settings.resolved_database_url, max_connections=settings.grpc_workers)
+    address = f"{settings.bind_host}:{settings.grpc_port}"
+    try:
+        server = create_server(address, database, settings.grpc_workers)
+    except RuntimeError as error:
+        raise SystemExit(f"comms: cannot listen on {address}: {error}") from None
+    log.info(
+        "gRPC server listening on %s:%d (store: %s)",
+        settings.bind_host,
+        server.port,
+        db.describe(settings.resolved_database_url),
+    )
+    return server
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def cmd_serve(settings: config.Settings) -> int:
+    stop = _stop_event()
+    server = _start_server(settings)
+    stop.wait()
+    log.info("draining in-flight calls (up to %.0fs)", settings.drain_seconds)
+    server.stop(settings.drain_seconds)
+    return 0
+
+
+def _envoy(settings: config.Settings) -> list[str]:
+    path = gateway.write_config(settings, settings.data_dir)
+    return gateway.envoy_command(path)
+
+
+def cmd_gateway(settings: config.Settings) -> int:
+    command = _envoy(settings)
+    log.info(
+        "HTTP gateway on port %d, forwarding to %s:%d",
+        settings.http_port,
+        settings.upstream_host,
+        settings.grpc_port,
+    )
+    os.execv(command[0], command)  # Envoy takes over this process and its signals
+
+
+def cmd_up(settings: config.Settings) -> int:
+    """The server and Envoy together in the foreground; Ctrl-C or SIGTERM stops both."""
+    stop = _stop_event()
+    server = _start_server(settings)
+    envoy = subprocess.Popen(_envoy(settings))
+    log.info(
+        "HTTP gateway listening on http://127.0.0.1:%d (Envoy admin on 127.0.0.1:%d)",
+        settings.http_port,
+        settings.admin_port,
+    )
+    log.info(
+        "try: curl -i -X POST localhost:%d/v1/sequences -H 'Content-Type: application/json'"
+        ' -d \'{"brand_id":"b1","name":"Welcome","steps":[]}\'',
+        settings.http_port,
+    )
+
+    def watch_envoy() -> None:
+        envoy.wait()
+        stop.set()
+
+    threading.Thread(target=watch_envoy, daemon=True).start()
+    stop.wait()
+    code = envoy.poll()
+    if code is None:
+        envoy.terminate()
+        code = 0
+    else:
+        log.error("Envoy exited with status %d; stopping", code)
+    server.stop(settings.drain_seconds)
+    envoy.wait()
+    log.info("stopped")
+    return 0 if code == 0 else 1
+
+
+def cmd_migrate(settings: config.Settings) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = db.open_database(settings.resolved_database_url)
+    with database.connection_context():
+        applied = migrations.migrate(database)
+    print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
+    return 0
+
+
+COMMANDS = {
+    "serve": (cmd_serve, "run the gRPC server"),
+    "gateway": (cmd_gateway, "run Envoy, the HTTP/JSON gateway, in front of the gRPC server"),
+    "up": (cmd_up, "run the gRPC server and the gateway together (what `make run` does)"),
+    "migrate": (cmd_migrate, "create or update the database schema, then exit"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="comms", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        commands.add_parser(name, help=help_text)
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load()
+    except config.ConfigError as error:
+        parser.exit(2, f"comms: {error}\n")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    grpc_logger = logging.getLogger("grpc")
+    grpc_logger.setLevel(max(logging.WARNING, grpc_logger.getEffectiveLevel()))
+    handler, _ = COMMANDS[args.command]
+    return handler(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

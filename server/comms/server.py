@@ -1,0 +1,52 @@
+"""The gRPC server: SequenceService, health and reflection on one port."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+import peewee as pw
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from comms.service import SequenceService
+from comms.v1 import sequences_pb2 as pb
+from comms.v1 import sequences_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SequenceService"].full_name
+
+
+class Server:
+    """A started gRPC server and the health service that tells Envoy and callers it serves."""
+
+    def __init__(self, grpc_server: grpc.Server, port: int, health: health.HealthServicer) -> None:
+        self.grpc = grpc_server
+        self.port = port
+        self._health = health
+
+    def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within grace seconds."""
+        self._health.enter_graceful_shutdown()
+        self.grpc.stop(grace).wait()
+
+
+def create_server(address: str, database: pw.Database, workers: int = 16) -> Server:
+    """Start serving on address ("host:port"; port 0 picks a free one)."""
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+    )
+    port = grpc_server.add_insecure_port(address)
+    grpc_server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(grpc_server, port, health_servicer)
