@@ -21,6 +21,7 @@ local GRPC_TO_HTTP = {
 
 local JSON_ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
+-- Error bodies end with a newline, like the ones local_reply_config writes.
 local function json_string(s)
   -- UTF-8 bytes >= 0x80 pass through untouched; only quotes, backslashes and
   -- control characters need escaping.
@@ -42,8 +43,10 @@ end
 -- Does the top-level object have a "steps" key holding an array? The
 -- transcoder reads a missing "steps", null and [] all as an empty list, and
 -- {} as one element, so only the raw body can tell. Returns "ok", "missing",
--- "not_array", or nil when the body is not an object or visibly malformed
--- (then the transcoder reports it, with its own message).
+-- "not_array", "malformed" for tokens JSON never allows but the transcoder
+-- accepts ('single quotes', unquoted keys: they would hide a "steps" key),
+-- or nil when the body is not an object or is cut short (the transcoder
+-- reports those with its own message).
 local function steps_state(body)
   local i = body:find("%S")
   if not i or body:sub(i, i) ~= "{" then return nil end
@@ -52,8 +55,8 @@ local function steps_state(body)
     local j = body:find('["{}%[%]]', i)
     if not j then return nil end
     -- Between strings and brackets only JSON punctuation, numbers and
-    -- true/false/null may appear; anything else is garbage.
-    if body:sub(i, j - 1):find("[^%s,:%d%.eE%+%-truefalsn]") then return nil end
+    -- true/false/null may appear.
+    if body:sub(i, j - 1):find("[^%s,:%d%.eE%+%-truefalsn]") then return "malformed" end
     local c = body:sub(j, j)
     if c == '"' then
       local k = j + 1
@@ -89,19 +92,51 @@ local function steps_state(body)
   end
 end
 
+-- Words for the transcoder's "invalid value X for type T" messages.
+local TYPE_RULES = {
+  TYPE_INT32 = "must be an integer from 0 to 2147483647",
+  TYPE_STRING = "must be a string",
+  ["type.googleapis.com/comms.v1.Channel"] = "must be one of email, sms, push, in_app",
+  ["type.googleapis.com/comms.v1.Step"] = "must be an object",
+}
+
+-- Make a transcoder failure read like the server's messages: "<field path>:
+-- <rule>". Parse errors have no path and append a multi-line excerpt of the
+-- body: keep their first line only.
+local function tidy(msg)
+  local path, rest = msg:match("^([%w_%.%[%]]*): (.*)$")
+  if not path then return "body: malformed JSON: " .. msg:match("^[^\n]*") end
+  local field = rest:match("^invalid value Starting an object on a scalar field for type (.+)$")
+  if field then
+    return (path == "" and field or path .. "." .. field) .. ": must not be an object"
+  end
+  if path == "" then path = "body" end
+  if rest == "Root element must be a message." then return "body: must be a JSON object" end
+  if rest == "Proto field is not repeating, cannot start list." then
+    return path .. ": a list was given for a field that is not a list"
+  end
+  local value, type_name = rest:match("^invalid value (.*) for type (%S+)$")
+  if value and TYPE_RULES[type_name] then
+    return path .. ": " .. TYPE_RULES[type_name] .. " (got " .. value .. ")"
+  end
+  return path .. ": " .. rest
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
-  -- Native gRPC is passed through untouched (no buffering, no checks).
-  if (headers:get("content-type") or ""):find("^application/grpc") then return end
-  -- Remember it was an HTTP caller: transcoded responses also carry
-  -- application/grpc, so the response side cannot tell by itself.
-  handle:streamInfo():dynamicMetadata():set(NS, "http", true)
+  -- Remember the caller kind: transcoded responses (and requests, once past
+  -- the transcoder) also carry application/grpc, so later stages cannot tell.
+  -- local_reply_config reads it too.
+  if (headers:get("content-type") or ""):find("^application/grpc") then
+    handle:streamInfo():dynamicMetadata():set(NS, "caller", "grpc")
+    return  -- native gRPC is passed through untouched
+  end
+  handle:streamInfo():dynamicMetadata():set(NS, "caller", "http")
 
   local path = (headers:get(":path") or ""):match("^[^?]*")
   if headers:get(":method") ~= "POST" or path ~= "/v1/sequences" then return end
 
-  -- Local 422 replies carry the bare message; local_reply_config wraps it as
-  -- {"error":"validation_error","message":...}.
+  -- Local 422 replies carry the bare message; envoy_on_response wraps it.
   local body = handle:body()
   local text = body and body:getBytes(0, body:length()) or ""
   if not text:find("%S") then
@@ -113,6 +148,8 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "steps: is required")
   elseif state == "not_array" then
     handle:respond({[":status"] = "422"}, "steps: must be an array")
+  elseif state == "malformed" then
+    handle:respond({[":status"] = "422"}, "body: malformed JSON")
   end
 end
 
@@ -122,9 +159,25 @@ function envoy_on_response(handle)
   headers:remove("x-http-code")  -- internal hint of the server, never shown
 
   local md = handle:streamInfo():dynamicMetadata():get(NS)
-  if not (md and md.http) then return end  -- gRPC callers get gRPC as is
+  if not (md and md.caller == "http") then return end  -- gRPC callers get gRPC as is
 
+  -- A local 422 with a text body: a transcoder failure (400 turned into 422
+  -- by local_reply_config) or one of ours above. Give it the JSON shape.
+  if headers:get(":status") == "422" and (headers:get("content-type") or ""):find("^text/plain") then
+    headers:replace("content-type", "application/json")  -- headers first: body() ends their scope
+    local body = handle:body(true)
+    local text = body:getBytes(0, body:length())
+    body:setBytes('{"error":"validation_error","message":' .. json_string(tidy(text)) .. "}\n")
+    return
+  end
+
+  -- HTTP callers never see gRPC framing headers, on success or error.
   local grpc_status = headers:get("grpc-status")
+  local grpc_message = headers:get("grpc-message") or ""
+  for _, name in ipairs({"grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding"}) do
+    headers:remove(name)
+  end
+
   if grpc_status == nil or grpc_status == "0" then
     -- Success: the transcoder always says 200; the server asks for e.g. 201.
     if http_code and http_code:match("^2%d%d$") and headers:get(":status") == "200" then
@@ -138,15 +191,15 @@ function envoy_on_response(handle)
   local status, code, message = 500, "internal", "internal error"
   if map then
     status, code = map[1], map[2]
-    message = (headers:get("grpc-message") or ""):gsub("%%(%x%x)", function(h)
-      return string.char(tonumber(h, 16))
-    end)
+    message = grpc_message:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
     if message == "" then message = (code:gsub("_", " ")) end
   end
   headers:replace(":status", tostring(status))
   headers:replace("content-type", "application/json")
-  headers:remove("grpc-status")
-  headers:remove("grpc-message")
-  headers:remove("grpc-status-details-bin")
-  handle:body(true):setBytes('{"error":"' .. code .. '","message":' .. json_string(message) .. "}")
+  -- nil only if the server sent headers, then failed (status in trailers):
+  -- Lua cannot add a body then, the status stays right but the body empty.
+  local body = handle:body(true)
+  if body then
+    body:setBytes('{"error":"' .. code .. '","message":' .. json_string(message) .. "}\n")
+  end
 end

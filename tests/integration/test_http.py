@@ -1,0 +1,353 @@
+"""Every HTTP rule of CONTRACT.md, through the real Envoy, on each store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Response, Stack
+from tests.requests import valid_body, with_value, without
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3,9})?Z$")
+
+
+def _error(response: Response) -> dict[str, Any]:
+    body = response.json()
+    assert list(body) == ["error", "message"], body
+    return body  # type: ignore[no-any-return]
+
+
+def _refused(stack: Stack, payload: Any, status: int = 422, **send: Any) -> dict[str, Any]:
+    """Send payload as JSON (or send= a raw request), expect a JSON error with this status,
+    and check that nothing was stored."""
+    before = stack.counts()
+    response = (
+        stack.envoy.request("POST", "/v1/sequences", **send) if send else stack.envoy.post(payload)
+    )
+    assert response.status == status, (response.status, response.body)
+    assert stack.counts() == before
+    return _error(response)
+
+
+def test_create_answers_201_with_the_stored_sequence(stack: Stack) -> None:
+    before = stack.counts()
+    response = stack.envoy.post(valid_body())
+
+    assert response.status == 201
+    assert response.headers["content-type"] == "application/json"
+    assert "x-http-code" not in response.headers
+    body = response.json()
+    assert list(body) == [
+        "id",
+        "brand_id",
+        "name",
+        "description",
+        "status",
+        "created_at",
+        "updated_at",
+        "steps",
+    ]
+    assert UUID.match(body["id"])
+    assert RFC3339_UTC.match(body["created_at"])
+    assert body["created_at"] == body["updated_at"]
+    step_ids = [step.pop("id") for step in body["steps"]]
+    assert all(UUID.match(i) for i in step_ids) and len(set(step_ids)) == 3
+    assert {k: v for k, v in body.items() if k not in ("id", "created_at", "updated_at")} == {
+        "brand_id": "brand_123",
+        "name": "Welcome series",
+        "description": "Greets new members",
+        "status": "draft",
+        "steps": [
+            {
+                "sequence_id": body["id"],
+                "position": 0,
+                "channel": "email",
+                "template_key": "welcome",
+                "delay_minutes": 0,
+            },
+            {
+                "sequence_id": body["id"],
+                "position": 1,
+                "channel": "sms",
+                "template_key": "nudge",
+                "delay_minutes": 1440,
+            },
+            {
+                "sequence_id": body["id"],
+                "position": 5,
+                "channel": "in_app",
+                "template_key": "tips",
+                "delay_minutes": 2880,
+            },
+        ],
+    }
+
+    assert stack.counts() == (before[0] + 1, before[1] + 3)
+    row, steps = stack.stored(body["id"])
+    created = dt.datetime.fromisoformat(body["created_at"]).replace(tzinfo=None)
+    assert (row["brand_id"], row["name"], row["description"], row["status"]) == (
+        "brand_123",
+        "Welcome series",
+        "Greets new members",
+        "draft",
+    )
+    assert row["created_at"] == row["updated_at"] == created
+    assert [(str(s["id"]), s["position"], s["channel"]) for s in steps] == [
+        (step_ids[0], 0, "email"),
+        (step_ids[1], 1, "sms"),
+        (step_ids[2], 5, "in_app"),
+    ]
+
+
+def test_steps_come_back_ordered_by_position(stack: Stack) -> None:
+    body = valid_body()
+    body["steps"].reverse()
+    answer = stack.envoy.post(body).json()
+    assert [s["position"] for s in answer["steps"]] == [0, 1, 5]
+    assert [s["channel"] for s in answer["steps"]] == ["email", "sms", "in_app"]
+
+
+@pytest.mark.parametrize(
+    ("description", "printed", "stored"),
+    [("absent", None, None), (None, None, None), ("", "", ""), ("x", "x", "x")],
+    ids=["absent", "null", "empty", "text"],
+)
+def test_description_is_a_string_or_null(
+    stack: Stack, description: str | None, printed: str | None, stored: str | None
+) -> None:
+    body = valid_body()
+    if description == "absent":
+        del body["description"]
+    else:
+        body["description"] = description
+    response = stack.envoy.post(body)
+    assert response.status == 201
+    answer = response.json()
+    assert "description" in answer and answer["description"] == printed
+    assert stack.stored(answer["id"])[0]["description"] == stored
+
+
+def test_empty_steps_are_kept(stack: Stack) -> None:
+    response = stack.envoy.post(valid_body() | {"steps": []})
+    assert response.status == 201
+    answer = response.json()
+    assert answer["steps"] == []
+    assert stack.stored(answer["id"])[1] == []
+
+
+def test_unknown_fields_are_ignored(stack: Stack) -> None:
+    body = valid_body() | {"colour": "blue", "id": "mine", "status": "active"}
+    body["steps"][0] |= {"extra": [1, 2], "id": "mine-too"}
+    response = stack.envoy.post(body)
+    assert response.status == 201
+    answer = response.json()
+    assert answer["status"] == "draft"
+    assert answer["id"] != "mine" and answer["steps"][0]["id"] != "mine-too"
+    assert "colour" not in answer
+
+
+def test_protobuf_json_leniency_is_accepted(stack: Stack) -> None:
+    """What protobuf's JSON mapping reads beyond the contract (documented in the README)."""
+    body = {
+        "brandId": "b",
+        "name": "n",
+        "steps": [{"position": "3", "channel": 2, "templateKey": "k", "delayMinutes": 0}],
+    }
+    response = stack.envoy.post(body)
+    assert response.status == 201
+    answer = response.json()
+    assert answer["brand_id"] == "b"
+    assert answer["steps"][0] | {"id": "", "sequence_id": ""} == {
+        "id": "",
+        "sequence_id": "",
+        "position": 3,
+        "channel": "sms",
+        "template_key": "k",
+        "delay_minutes": 0,
+    }
+
+
+# Refusals decided by the server: the message is exactly the server's.
+SERVER_REFUSALS = {
+    "brand_id missing": (
+        without("brand_id"),
+        "brand_id: is required and must be a non-empty string",
+    ),
+    "name empty": (with_value("name", ""), "name: is required and must be a non-empty string"),
+    "name too long": (
+        with_value("name", "n" * 256),
+        "name: must be at most 255 characters, got 256",
+    ),
+    "position negative": (
+        with_value("steps.1.position", -1),
+        "steps[1].position: must be an integer from 0 to 2147483647, got -1",
+    ),
+    "position missing": (
+        without("steps.2.position"),
+        "steps[2].position: is required and must be an integer from 0 to 2147483647",
+    ),
+    "position repeated": (
+        with_value("steps.2.position", 1),
+        "steps[2].position: must be unique within the sequence: 1 is already used by steps[1]",
+    ),
+    "channel missing": (
+        without("steps.0.channel"),
+        "steps[0].channel: is required and must be one of email, sms, push, in_app",
+    ),
+    "template_key empty": (
+        with_value("steps.0.template_key", ""),
+        "steps[0].template_key: is required and must be a non-empty string",
+    ),
+    "delay missing": (
+        without("steps.0.delay_minutes"),
+        "steps[0].delay_minutes: is required and must be an integer from 0 to 2147483647",
+    ),
+    "several at once": (
+        {"brand_id": "", "name": "n", "steps": [{"position": 0, "channel": "push"}]},
+        "brand_id: is required and must be a non-empty string; "
+        "steps[0].template_key: is required and must be a non-empty string; "
+        "steps[0].delay_minutes: is required and must be an integer from 0 to 2147483647",
+    ),
+    "quotes and unicode in the message": (
+        with_value("name", 'é"\\' * 100),
+        "name: must be at most 255 characters, got 300",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"), SERVER_REFUSALS.values(), ids=SERVER_REFUSALS.keys()
+)
+def test_server_refusals_are_422_naming_the_field(stack: Stack, payload: Any, message: str) -> None:
+    assert _refused(stack, payload) == {"error": "validation_error", "message": message}
+
+
+# Refusals decided by the gateway (Lua or the transcoder) before the server is called.
+GATEWAY_REFUSALS = {
+    "steps missing": (json.dumps(without("steps")), "steps: is required"),
+    "steps null": (json.dumps(with_value("steps", None)), "steps: is required"),
+    "steps an object": (json.dumps(with_value("steps", {})), "steps: must be an array"),
+    "steps only nested": (
+        json.dumps(without("steps") | {"x": {"steps": []}, "y": '"steps": []'}),
+        "steps: is required",
+    ),
+    "empty body": ("", "body: must be a JSON object"),
+    "top-level array": ("[]", "body: must be a JSON object"),
+    "top-level string": ('"x"', "body: must be a JSON object"),
+    "cut short": (
+        '{"brand_id": "b",',
+        "body: malformed JSON: Unexpected end of string. Expected an object key or }.",
+    ),
+    "single quotes": ("{'brand_id': 'b', 'name': 'n', 'steps': []}", "body: malformed JSON"),
+    "trailing garbage": (
+        json.dumps(valid_body()) + " x",
+        "body: malformed JSON: Parsing terminated before end of input.",
+    ),
+    "string given a number": (json.dumps(with_value("name", 5)), "name: must be a string (got 5)"),
+    "string given a list": (
+        json.dumps(with_value("name", ["x"])),
+        "body: a list was given for a field that is not a list",
+    ),
+    "string given an object": (json.dumps(with_value("name", {})), "name: must not be an object"),
+    "position not a number": (
+        json.dumps(with_value("steps.0.position", "x")),
+        'steps[0].position: must be an integer from 0 to 2147483647 (got "x")',
+    ),
+    "position above int32": (
+        json.dumps(with_value("steps.1.position", 2**31)),
+        "steps[1].position: must be an integer from 0 to 2147483647 (got 2147483648)",
+    ),
+    "delay above int32": (
+        json.dumps(with_value("steps.2.delay_minutes", 2**31)),
+        "steps[2].delay_minutes: must be an integer from 0 to 2147483647 (got 2147483648)",
+    ),
+    "unknown channel": (
+        json.dumps(with_value("steps.0.channel", "fax")),
+        'steps[0].channel: must be one of email, sms, push, in_app (got "fax")',
+    ),
+    "channel in capitals": (
+        json.dumps(with_value("steps.0.channel", "EMAIL")),
+        'steps[0].channel: must be one of email, sms, push, in_app (got "EMAIL")',
+    ),
+    "step not an object": (
+        json.dumps(with_value("steps", [1])),
+        "steps[0]: must be an object (got 1)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("raw", "message"), GATEWAY_REFUSALS.values(), ids=GATEWAY_REFUSALS.keys())
+def test_gateway_refusals_are_422_naming_the_field(stack: Stack, raw: str, message: str) -> None:
+    headers = {"Content-Type": "application/json"}
+    assert _refused(stack, None, body=raw, headers=headers) == {
+        "error": "validation_error",
+        "message": message,
+    }
+
+
+def test_body_over_the_limit_is_413(stack: Stack) -> None:
+    big = json.dumps(with_value("description", "d" * (1024 * 1024)))
+    assert _refused(stack, None, 413, body=big, headers={"Content-Type": "application/json"}) == {
+        "error": "payload_too_large",
+        "message": "request body is larger than 1048576 bytes",
+    }
+
+
+def test_largest_valid_request_fits_under_the_limit(stack: Stack) -> None:
+    """Every string at its limit, written as \\u escapes: still under the body limit."""
+    escaped = "\\u00e9"
+    steps = ",".join(
+        f'{{"position":{i},"channel":"email","template_key":"{escaped * 255}","delay_minutes":0}}'
+        for i in range(100)
+    )
+    raw = (
+        f'{{"brand_id":"{escaped * 255}","name":"{escaped * 255}",'
+        f'"description":"{escaped * 10_000}","steps":[{steps}]}}'
+    )
+    assert len(raw) < 1024 * 1024
+    response = stack.envoy.request(
+        "POST", "/v1/sequences", raw, {"Content-Type": "application/json"}
+    )
+    assert response.status == 201, response.body[:300]
+    assert response.json()["description"] == "é" * 10_000
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/v1/sequences/", "/v1/sequence", "/v2/sequences"])
+def test_unknown_path_is_404(stack: Stack, path: str) -> None:
+    response = stack.envoy.request("GET", path)
+    assert response.status == 404
+    assert _error(response) == {"error": "not_found", "message": f"no route for GET {path}"}
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_other_methods_on_the_collection_are_405(stack: Stack, method: str) -> None:
+    before = stack.counts()
+    response = stack.envoy.request(method, "/v1/sequences", json.dumps(valid_body()))
+    assert response.status == 405
+    assert response.headers["allow"] == "POST"
+    assert _error(response) == {
+        "error": "method_not_allowed",
+        "message": f"method {method} is not allowed on /v1/sequences; allowed: POST",
+    }
+    assert stack.counts() == before
+
+
+def test_head_is_405_without_a_body(stack: Stack) -> None:
+    response = stack.envoy.request("HEAD", "/v1/sequences")
+    assert (response.status, response.headers["allow"], response.body) == (405, "POST", b"")
+
+
+def test_query_parameters_do_not_change_the_body(stack: Stack) -> None:
+    response = stack.envoy.request(
+        "POST",
+        "/v1/sequences?name=other&foo=bar",
+        json.dumps(valid_body()),
+        {"Content-Type": "application/json"},
+    )
+    assert response.status == 201
+    assert response.json()["name"] == "Welcome series"

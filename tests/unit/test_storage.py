@@ -1,0 +1,178 @@
+"""Storage on both stores: schema, one transaction per create, nothing left by a failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import grpc
+import peewee as pw
+import pytest
+from comms import convert, migrations, models
+from comms.service import SequenceService
+from comms.v1 import sequences_pb2 as pb
+from google.protobuf import json_format
+
+from tests.requests import valid_body
+
+
+class _Context:
+    """The few ServicerContext calls the servicer makes, recorded."""
+
+    def __init__(self) -> None:
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        self.status: grpc.Status | None = None
+
+    def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise grpc.RpcError(status.details)
+
+
+def _create(database: pw.Database, body: dict[str, Any]) -> tuple[pb.Sequence, _Context]:
+    context = _Context()
+    request = json_format.ParseDict(body, pb.CreateSequenceRequest())
+    return SequenceService(database).CreateSequence(request, context), context
+
+
+def _stored(database: pw.Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    with database.connection_context():
+        sequences = list(models.SequenceRow.select().order_by(models.SequenceRow.id).dicts())
+        steps = list(
+            models.StepRow.select()
+            .order_by(models.StepRow.sequence, models.StepRow.position)
+            .dicts()
+        )
+    return sequences, steps
+
+
+def test_migrate_is_idempotent(database: pw.Database) -> None:
+    with database.connection_context():
+        assert migrations.migrate(database) == []
+        assert set(database.get_tables()) >= {"sequences", "steps", "comms_schema_migrations"}
+
+
+def test_create_stores_the_sequence_and_its_steps(database: pw.Database) -> None:
+    before = convert.utc_now()
+    message, context = _create(database, valid_body())
+    sequences, steps = _stored(database)
+
+    assert context.metadata == (("x-http-code", "201"),)
+    assert len(sequences) == 1
+    row = sequences[0]
+    assert str(row["id"]) == message.id
+    assert {k: row[k] for k in ("brand_id", "name", "description", "status")} == {
+        "brand_id": "brand_123",
+        "name": "Welcome series",
+        "description": "Greets new members",
+        "status": "draft",
+    }
+    assert row["created_at"] == row["updated_at"]
+    assert before <= row["created_at"] <= convert.utc_now()
+    assert message.created_at.ToDatetime() == row["created_at"]
+    assert [
+        (str(s["sequence"]), s["position"], s["channel"], s["template_key"], s["delay_minutes"])
+        for s in steps
+    ] == [
+        (message.id, 0, "email", "welcome", 0),
+        (message.id, 1, "sms", "nudge", 1440),
+        (message.id, 5, "in_app", "tips", 2880),
+    ]
+    assert [s.id for s in message.steps] == [str(s["id"]) for s in steps]
+
+
+def test_absent_and_empty_descriptions_stay_apart(database: pw.Database) -> None:
+    body = valid_body()
+    del body["description"]
+    absent, _ = _create(database, body)
+    empty, _ = _create(database, valid_body() | {"description": ""})
+    with database.connection_context():
+        stored = {str(r["id"]): r["description"] for r in models.SequenceRow.select().dicts()}
+    assert stored == {absent.id: None, empty.id: ""}
+    assert json_format.MessageToDict(absent)["description"] is None
+    assert json_format.MessageToDict(empty)["description"] == ""
+
+
+def test_refused_request_stores_nothing(database: pw.Database) -> None:
+    body = valid_body()
+    body["steps"][1]["channel"] = "CHANNEL_UNSPECIFIED"
+    with pytest.raises(grpc.RpcError):
+        _create(database, body)
+    assert _stored(database) == ([], [])
+
+
+def test_failure_midway_leaves_no_row(
+    database: pw.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sequence row is written, then the steps fail: the transaction takes both back."""
+
+    def broken_insert_many(*_: Any, **__: Any) -> Any:
+        raise pw.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(models.StepRow, "insert_many", broken_insert_many)
+    with pytest.raises(grpc.RpcError):
+        _create(database, valid_body())
+    assert _stored(database) == ([], [])
+
+
+def test_store_outage_is_unavailable_and_unexpected_errors_are_internal(
+    database: pw.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for error, code, message in [
+        (
+            pw.OperationalError("could not connect"),
+            grpc.StatusCode.UNAVAILABLE,
+            "the store is unavailable; retry later",
+        ),
+        (KeyError("secret detail"), grpc.StatusCode.INTERNAL, "internal error"),
+    ]:
+
+        def fail(*_: Any, **__: Any) -> Any:
+            raise error  # noqa: B023 (used at once)
+
+        monkeypatch.setattr(models.SequenceRow, "insert", fail)
+        context = _Context()
+        request = json_format.ParseDict(valid_body(), pb.CreateSequenceRequest())
+        with pytest.raises(grpc.RpcError):
+            SequenceService(database).CreateSequence(request, context)
+        assert context.status is not None
+        assert (context.status.code, context.status.details) == (code, message)
+    assert _stored(database) == ([], [])
+
+
+def test_database_refuses_a_repeated_position(database: pw.Database) -> None:
+    """The unique index backs the validation rule, should a caller bypass the service."""
+    now = dt.datetime(2026, 1, 1)
+    sequence_id = convert.new_id()
+    with database.connection_context(), pytest.raises(pw.IntegrityError), database.atomic():
+        models.SequenceRow.insert(
+            id=sequence_id,
+            brand_id="b",
+            name="n",
+            description=None,
+            status="draft",
+            created_at=now,
+            updated_at=now,
+        ).execute()
+        models.StepRow.insert_many(
+            [
+                {
+                    "id": convert.new_id(),
+                    "sequence": sequence_id,
+                    "position": 1,
+                    "channel": "sms",
+                    "template_key": "k",
+                    "delay_minutes": 0,
+                }
+                for _ in range(2)
+            ]
+        ).execute()
+    assert _stored(database) == ([], [])
+
+
+def test_ids_are_time_ordered_uuid7() -> None:
+    ids = [convert.new_id() for _ in range(50)]
+    assert {i.version for i in ids} == {7}
+    assert [i.int >> 80 for i in ids] == sorted(i.int >> 80 for i in ids)
