@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from comms import config, db, gateway, migrations
 from comms.server import Server, create_server
@@ -65,19 +67,35 @@ def cmd_gateway(settings: config.Settings) -> int:
     os.execv(command[0], command)  # Envoy takes over this process and its signals
 
 
+def _die_with_parent() -> Callable[[], None]:
+    """In the child before exec: SIGTERM it when its parent dies (Linux prctl). Looked up
+    here, before fork, the child only makes the call: no loader locks after fork."""
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)
+
+    def in_child() -> None:
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return in_child
+
+
 def cmd_up(settings: config.Settings) -> int:
     """The server and Envoy together in the foreground; Ctrl-C or SIGTERM stops both."""
     stop = _stop_event()
     server = _start_server(settings)
-    envoy = subprocess.Popen(_envoy(settings))
+    # Its own session: a Ctrl-C reaches us alone and we stop Envoy in order; and should
+    # we die without cleaning up, the kernel ends Envoy too.
+    envoy = subprocess.Popen(
+        _envoy(settings), start_new_session=True, preexec_fn=_die_with_parent()
+    )
     log.info(
         "HTTP gateway listening on http://127.0.0.1:%d (Envoy admin on 127.0.0.1:%d)",
         settings.http_port,
         settings.admin_port,
     )
     log.info(
-        "try: curl -i -X POST localhost:%d/v1/sequences -H 'Content-Type: application/json'"
-        ' -d \'{"brand_id":"b1","name":"Welcome","steps":[]}\'',
+        "try: curl -i localhost:%d/v1/sequences -H 'Content-Type: application/json'"
+        ' -d \'{"brand_id":"brand_123","name":"Welcome","steps":[]}\'',
         settings.http_port,
     )
 
@@ -87,16 +105,16 @@ def cmd_up(settings: config.Settings) -> int:
 
     threading.Thread(target=watch_envoy, daemon=True).start()
     stop.wait()
-    code = envoy.poll()
-    if code is None:
-        envoy.terminate()
-        code = 0
+    died = envoy.poll()
+    if died is not None:
+        log.error("Envoy exited with status %d; stopping the server", died)
     else:
-        log.error("Envoy exited with status %d; stopping", code)
+        # Envoy first, so no new request reaches a draining server.
+        envoy.terminate()
+        envoy.wait()
     server.stop(settings.drain_seconds)
-    envoy.wait()
     log.info("stopped")
-    return 0 if code == 0 else 1
+    return 1 if died is not None else 0
 
 
 def cmd_migrate(settings: config.Settings) -> int:

@@ -1,0 +1,59 @@
+"""The README's examples, run as written against a real stack.
+
+Each ```sh block holding one command is followed by a ```text block with what it prints.
+Ports are swapped for the stack's; ids and timestamps are compared by shape only. For
+`curl -i` the status line and the headers shown must match and the body must be equal."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Stack
+
+README = Path(__file__).parents[2] / "README.md"
+EXAMPLE = re.compile(
+    r"```sh\n(?P<command>(?:curl|\.venv/bin/grpcurl) [^\n]+)\n```\n```text\n(?P<output>.*?)```",
+    re.S,
+)
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z")
+EXAMPLES = EXAMPLE.findall(README.read_text())
+
+
+def _shape(text: str) -> str:
+    return TIMESTAMP.sub("<time>", UUID.sub("<uuid>", text)).strip()
+
+
+def _split_http(text: str) -> tuple[str, set[str], str]:
+    head, _, body = text.replace("\r\n", "\n").partition("\n\n")
+    status, *headers = head.strip().split("\n")
+    return status, {h.lower() for h in headers}, _shape(body)
+
+
+def test_the_readme_has_its_examples() -> None:
+    assert len(EXAMPLES) == 7
+
+
+@pytest.mark.parametrize(("command", "shown"), EXAMPLES, ids=[c[:60] for c, _ in EXAMPLES])
+def test_readme_example(stack: Stack, command: str, shown: str) -> None:
+    ports = {"localhost:8080": stack.envoy_target, "localhost:50051": stack.grpc_target}
+    for written, real in ports.items():
+        command = command.replace(written, real)
+    command = command.replace(".venv/bin/", str(Path(sys.executable).parent) + "/")
+    env = os.environ | {"NO_PROXY": "*"}
+    ran = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=30, env=env, check=False
+    )
+    if command.startswith("curl -i"):
+        status, headers, body = _split_http(ran.stdout)
+        want_status, want_headers, want_body = _split_http(shown)
+        assert (status, body) == (want_status, want_body)
+        assert want_headers <= headers
+    else:
+        assert _shape(ran.stdout + ran.stderr) == _shape(shown)
