@@ -15,6 +15,7 @@ from urllib.parse import quote
 import peewee as pw
 import psycopg2
 import pytest
+
 from comms import db
 
 POSTGRES_URL = os.environ.get("COMMS_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")

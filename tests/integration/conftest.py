@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import peewee as pw
 import pytest
+
 from comms import db, gateway, models
 from comms.config import Settings
 from comms.server import Server, create_server
-
 from tests.conftest import STORES, fresh_database_url
 
 

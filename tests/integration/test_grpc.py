@@ -6,13 +6,13 @@ from typing import Any
 
 import grpc
 import pytest
-from comms.v1 import sequences_pb2 as pb
-from comms.v1 import sequences_pb2_grpc as pb_grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from comms.v1 import sequences_pb2 as pb
+from comms.v1 import sequences_pb2_grpc as pb_grpc
 from tests.integration.conftest import Stack
 from tests.requests import valid_body
 

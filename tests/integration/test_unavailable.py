@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
-
 from tests.integration.conftest import Envoy, free_port, gateway_settings
 from tests.requests import valid_body
 

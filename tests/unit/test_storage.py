@@ -8,11 +8,11 @@ from typing import Any
 import grpc
 import peewee as pw
 import pytest
+from google.protobuf import json_format
+
 from comms import convert, migrations, models
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
-from google.protobuf import json_format
-
 from tests.requests import valid_body
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from comms.v1 import sequences_pb2 as pb
-from comms.validation import FieldViolation, create_sequence_violations
 from google.protobuf import json_format
 
+from comms.v1 import sequences_pb2 as pb
+from comms.validation import FieldViolation, create_sequence_violations
 from tests.requests import valid_body, with_value, without
 
 INT32 = "an integer from 0 to 2147483647"
