@@ -23,16 +23,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Python code and the descriptor set Envoy loads, both generated from proto/ (never committed).
-build: $(GEN)/sequences.binpb
+build: $(GEN)/api.binpb
 
-$(GEN)/sequences.binpb: $(PROTOS) $(STAMP)
+$(GEN)/api.binpb: $(PROTOS) $(STAMP)
 	mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -Iproto -I"$$($(PY) -c 'import google.api, pathlib; print(pathlib.Path(google.api.__path__[0]).parents[1])')" \
 		--python_out=server --pyi_out=server --grpc_python_out=server \
 		--include_imports --include_source_info --descriptor_set_out=$@ $(PROTOS)
 
 lint: build
-	$(VENV)/bin/buf lint $(GEN)/sequences.binpb --path comms
+	$(VENV)/bin/buf lint $(GEN)/api.binpb --path comms
 	$(VENV)/bin/ruff check server tests
 	$(VENV)/bin/ruff format --check server tests
 	$(VENV)/bin/mypy

@@ -17,7 +17,7 @@ MAX_BODY_BYTES = 1024 * 1024
 
 def descriptor_path() -> Path:
     """The descriptor set built from proto/ by `make build`, beside the generated Python code."""
-    path = Path(str(resources.files("comms.v1") / "sequences.binpb"))
+    path = Path(str(resources.files("comms.v1") / "api.binpb"))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `make build` to generate it from proto/")
     return path
