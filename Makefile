@@ -9,7 +9,7 @@ PROTOS := $(shell find proto -name '*.proto')
 .PHONY: run test build lint install clean
 
 run: build
-	$(VENV)/bin/comms up
+	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
 
 test: build lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 
 from comms import db
+from tests.tokens import Keys
 
 POSTGRES_URL = os.environ.get("COMMS_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
 
@@ -78,3 +79,9 @@ def database(database_url: str) -> Iterator[pw.Database]:
     database = db.prepare(database_url)
     yield database
     database.close_all()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    """Signing keys for the session and the JWKS that trusts two of them."""
+    return Keys.create(tmp_path_factory.mktemp("keys"))

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from comms import config, db, gateway, migrations
+from comms import auth, config, db, devkeys, gateway, migrations
 from comms.server import Server, create_server
 
 log = logging.getLogger("comms")
@@ -21,9 +21,17 @@ log = logging.getLogger("comms")
 def _start_server(settings: config.Settings) -> Server:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = db.prepare(settings.resolved_database_url, max_connections=settings.grpc_workers)
+    verifier = auth.verifier_for(settings)
+    log.info(
+        "tokens: issuer %r, audience %r, keys from %s%s",
+        verifier.issuer,
+        verifier.audience,
+        verifier.jwks_path,
+        " (the development key pair)" if settings.auth_jwks_path is None else "",
+    )
     address = f"{settings.bind_host}:{settings.grpc_port}"
     try:
-        server = create_server(address, database, settings.grpc_workers)
+        server = create_server(address, database, verifier, settings.grpc_workers)
     except RuntimeError as error:
         raise SystemExit(f"comms: cannot listen on {address}: {error}") from None
     log.info(
@@ -42,7 +50,7 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def cmd_serve(settings: config.Settings) -> int:
+def cmd_serve(settings: config.Settings, _: argparse.Namespace) -> int:
     stop = _stop_event()
     server = _start_server(settings)
     stop.wait()
@@ -56,7 +64,7 @@ def _envoy(settings: config.Settings) -> list[str]:
     return gateway.envoy_command(path)
 
 
-def cmd_gateway(settings: config.Settings) -> int:
+def cmd_gateway(settings: config.Settings, _: argparse.Namespace) -> int:
     command = _envoy(settings)
     log.info(
         "HTTP gateway on port %d, forwarding to %s:%d",
@@ -79,7 +87,7 @@ def _die_with_parent() -> Callable[[], None]:
     return in_child
 
 
-def cmd_up(settings: config.Settings) -> int:
+def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     """The server and Envoy together in the foreground; Ctrl-C or SIGTERM stops both."""
     stop = _stop_event()
     server = _start_server(settings)
@@ -93,11 +101,16 @@ def cmd_up(settings: config.Settings) -> int:
         settings.http_port,
         settings.admin_port,
     )
-    log.info(
-        "try: curl -i localhost:%d/v1/sequences -H 'Content-Type: application/json'"
-        ' -d \'{"brand_id":"brand_123","name":"Welcome","steps":[]}\'',
-        settings.http_port,
-    )
+    if settings.auth_jwks_path is None:
+        token = devkeys.mint_token(settings.data_dir, _all_scopes(), ttl_seconds=12 * 3600)
+        log.info("a development token (all scopes, 12 hours; `comms dev-token` makes more):")
+        log.info("export TOKEN=%s", token)
+        log.info(
+            'try: curl -i localhost:%d/v1/sequences -H "Authorization: Bearer $TOKEN" '
+            "-H 'Content-Type: application/json' "
+            '-d \'{"brand_id":"brand_123","name":"Welcome","steps":[]}\'',
+            settings.http_port,
+        )
 
     def watch_envoy() -> None:
         envoy.wait()
@@ -117,7 +130,7 @@ def cmd_up(settings: config.Settings) -> int:
     return 1 if died is not None else 0
 
 
-def cmd_migrate(settings: config.Settings) -> int:
+def cmd_migrate(settings: config.Settings, _: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = db.open_database(settings.resolved_database_url)
     with database.connection_context():
@@ -126,11 +139,42 @@ def cmd_migrate(settings: config.Settings) -> int:
     return 0
 
 
+def _all_scopes() -> list[str]:
+    return sorted({scope for scope in auth.required_scopes().values() if scope})
+
+
+def cmd_dev_token(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Print a token signed with the development key; the token is the last line."""
+    if settings.auth_jwks_path is not None:
+        raise config.ConfigError(
+            "COMMS_AUTH_JWKS_PATH is set: the server trusts those keys, not the development key"
+        )
+    scopes = args.scope or _all_scopes()
+    token = devkeys.mint_token(settings.data_dir, scopes, args.brand, args.ttl)
+    limit = f"brands {', '.join(args.brand)}" if args.brand else "any brand"
+    print(f"# scopes: {' '.join(scopes)}; {limit}; valid {args.ttl} s", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _dev_token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scope", action="append", metavar="S", help="a scope to grant (default: all declared)"
+    )
+    parser.add_argument(
+        "--brand", action="append", metavar="B", help="limit the token to this brand_id"
+    )
+    parser.add_argument(
+        "--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)"
+    )
+
+
 COMMANDS = {
     "serve": (cmd_serve, "run the gRPC server"),
     "gateway": (cmd_gateway, "run Envoy, the HTTP/JSON gateway, in front of the gRPC server"),
     "up": (cmd_up, "run the gRPC server and the gateway together (what `make run` does)"),
     "migrate": (cmd_migrate, "create or update the database schema, then exit"),
+    "dev-token": (cmd_dev_token, "print a token signed with the development key"),
 }
 
 
@@ -138,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="comms", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == "dev-token":
+            _dev_token_options(sub)
     args = parser.parse_args(argv)
     try:
         settings = config.load()
@@ -150,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     grpc_logger = logging.getLogger("grpc")
     grpc_logger.setLevel(max(logging.WARNING, grpc_logger.getEffectiveLevel()))
     handler, _ = COMMANDS[args.command]
-    return handler(settings)
+    try:
+        return handler(settings, args)
+    except config.ConfigError as error:
+        parser.exit(2, f"comms: {error}\n")
 
 
 if __name__ == "__main__":

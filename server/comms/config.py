@@ -24,6 +24,11 @@ class Settings:
     grpc_workers: int = 16
     drain_seconds: float = 10.0
     log_level: str = "INFO"
+    environment: str = "production"  # or "development": trusts a generated local key pair
+    auth_jwks_path: Path | None = None
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_leeway_seconds: int = 30
 
     @property
     def resolved_database_url(self) -> str:
@@ -55,6 +60,13 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     drain = _int(env, "COMMS_DRAIN_SECONDS", int(Settings.drain_seconds))
     if drain < 0:
         raise ConfigError(f"COMMS_DRAIN_SECONDS must not be negative, got {drain}")
+    environment = env.get("COMMS_ENV", "").strip() or Settings.environment
+    if environment not in ("production", "development"):
+        raise ConfigError(f"COMMS_ENV must be production or development, got {environment!r}")
+    leeway = _int(env, "COMMS_AUTH_LEEWAY_SECONDS", Settings.auth_leeway_seconds)
+    if not 0 <= leeway <= 300:
+        raise ConfigError(f"COMMS_AUTH_LEEWAY_SECONDS must be from 0 to 300, got {leeway}")
+    jwks = env.get("COMMS_AUTH_JWKS_PATH", "").strip()
     return Settings(
         http_port=_port(env, "COMMS_HTTP_PORT", Settings.http_port),
         grpc_port=_port(env, "COMMS_GRPC_PORT", Settings.grpc_port),
@@ -66,4 +78,9 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         grpc_workers=workers,
         drain_seconds=float(drain),
         log_level=env.get("COMMS_LOG_LEVEL", "").strip().upper() or Settings.log_level,
+        environment=environment,
+        auth_jwks_path=Path(jwks) if jwks else None,
+        auth_issuer=env.get("COMMS_AUTH_ISSUER", "").strip(),
+        auth_audience=env.get("COMMS_AUTH_AUDIENCE", "").strip(),
+        auth_leeway_seconds=leeway,
     )

@@ -10,6 +10,7 @@ import peewee as pw
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from comms.auth import AuthInterceptor, TokenVerifier
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -33,10 +34,14 @@ class Server:
         self.grpc.stop(grace).wait()
 
 
-def create_server(address: str, database: pw.Database, workers: int = 16) -> Server:
-    """Start serving on address ("host:port"; port 0 picks a free one)."""
+def create_server(
+    address: str, database: pw.Database, verifier: TokenVerifier, workers: int = 16
+) -> Server:
+    """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
+    needs a token that verifier accepts; health and reflection stay open."""
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+        interceptors=[AuthInterceptor(verifier)],
         options=[("grpc.so_reuseport", 0)],
     )
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)

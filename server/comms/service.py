@@ -9,11 +9,10 @@ from typing import Any, TypeVar
 
 import grpc
 import peewee as pw
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2
 
-from comms import convert, models
+from comms import auth, convert, models
+from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 from comms.validation import FieldViolation, create_sequence_violations
@@ -27,39 +26,18 @@ MAX_REPORTED_VIOLATIONS = 20
 HTTP_CODE_HEADER = "x-http-code"
 
 
-class RpcFailure(Exception):
-    """Raised by a handler to answer with this status instead of a response."""
-
-    def __init__(self, status: grpc.Status) -> None:
-        super().__init__(status.details)
-        self.status = status
-
-
 def invalid_argument(violations: list[FieldViolation]) -> RpcFailure:
     shown = violations[:MAX_REPORTED_VIOLATIONS]
     message = "; ".join(map(str, shown))
     if len(violations) > len(shown):
         message += f"; and {len(violations) - len(shown)} more violations"
-    details = any_pb2.Any()
-    details.Pack(
-        error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in shown
-            ]
-        )
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in shown
+        ]
     )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[details])
-    return RpcFailure(rpc_status.to_status(status))
-
-
-def _plain(code: grpc.StatusCode, message: str) -> grpc.Status:
-    status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=message)
-    )
-    return status
+    return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, message, details=[bad_request])
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -77,12 +55,13 @@ def _answers_errors(handler: Handler) -> Handler:
             context.abort_with_status(failure.status)
         except (pw.OperationalError, pw.InterfaceError) as error:
             log.warning("%s: store unavailable: %s", handler.__name__, error)
-            context.abort_with_status(
-                _plain(grpc.StatusCode.UNAVAILABLE, "the store is unavailable; retry later")
+            unavailable = RpcFailure(
+                grpc.StatusCode.UNAVAILABLE, "the store is unavailable; retry later"
             )
+            context.abort_with_status(unavailable.status)
         except Exception:
             log.exception("%s failed", handler.__name__)
-            context.abort_with_status(_plain(grpc.StatusCode.INTERNAL, "internal error"))
+            context.abort_with_status(RpcFailure(grpc.StatusCode.INTERNAL, "internal error").status)
 
     return wrapper  # type: ignore[return-value]
 
@@ -95,6 +74,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
     def CreateSequence(
         self, request: pb.CreateSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
+        auth.require_brand(request.brand_id)
         violations = create_sequence_violations(request)
         if violations:
             raise invalid_argument(violations)

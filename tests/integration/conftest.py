@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import peewee as pw
@@ -21,6 +21,7 @@ from comms import db, gateway, models
 from comms.config import Settings
 from comms.server import Server, create_server
 from tests.conftest import STORES, fresh_database_url
+from tests.tokens import Keys
 
 
 def free_port() -> int:
@@ -44,6 +45,8 @@ class Response:
 class Envoy:
     settings: Settings
     process: subprocess.Popen[bytes]
+    # Sent with every request unless the request names the header itself (None drops it).
+    default_headers: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings) -> Envoy:
@@ -80,12 +83,14 @@ class Envoy:
         method: str,
         path: str,
         body: bytes | str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | None] | None = None,
     ) -> Response:
         connection = http.client.HTTPConnection("127.0.0.1", self.settings.http_port, timeout=10)
+        merged = self.default_headers | (headers or {})
+        sent = {k: v for k, v in merged.items() if v is not None}
         try:
             data = body.encode() if isinstance(body, str) else body
-            connection.request(method, path, body=data, headers=headers or {})
+            connection.request(method, path, body=data, headers=sent)
             answer = connection.getresponse()
             return Response(
                 answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
@@ -93,8 +98,14 @@ class Envoy:
         finally:
             connection.close()
 
-    def post(self, payload: Any, path: str = "/v1/sequences") -> Response:
-        return self.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
+    def post(
+        self,
+        payload: Any,
+        path: str = "/v1/sequences",
+        headers: dict[str, str | None] | None = None,
+    ) -> Response:
+        sent: dict[str, str | None] = {"Content-Type": "application/json"} | (headers or {})
+        return self.request("POST", path, json.dumps(payload), sent)
 
 
 @dataclass
@@ -104,6 +115,7 @@ class Stack:
     database: pw.Database
     server: Server
     envoy: Envoy
+    keys: Keys
     channels: list[grpc.Channel] = field(default_factory=list)
 
     @property
@@ -114,10 +126,13 @@ class Stack:
     def envoy_target(self) -> str:
         return f"127.0.0.1:{self.envoy.settings.http_port}"
 
-    def channel(self, target: str) -> grpc.Channel:
+    def channel(self, target: str, token: str | None = "") -> grpc.Channel:
+        """A channel whose calls carry token ("": a good one with every scope; None: none)."""
         channel = grpc.insecure_channel(target)
         self.channels.append(channel)
-        return channel
+        if token is None:
+            return channel
+        return grpc.intercept_channel(channel, _Bearer(token or self.keys.token()))
 
     def counts(self) -> tuple[int, int]:
         """Rows stored: (sequences, steps)."""
@@ -136,6 +151,36 @@ class Stack:
             return row.get(), list(steps)
 
 
+class _ClientCallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds authorization: Bearer <token> to every unary call."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return continuation(
+            _ClientCallDetails(
+                details.method,
+                details.timeout,
+                metadata,
+                details.credentials,
+                details.wait_for_ready,
+                details.compression,
+            ),
+            request,
+        )
+
+
 def gateway_settings(tmp: Path, grpc_port: int) -> Settings:
     return Settings(
         http_port=free_port(), admin_port=free_port(), grpc_port=grpc_port, data_dir=tmp
@@ -144,15 +189,16 @@ def gateway_settings(tmp: Path, grpc_port: int) -> Settings:
 
 @pytest.fixture(scope="session", params=STORES)
 def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys: Keys
 ) -> Iterator[Stack]:
     if request.param == "postgres":
         request.getfixturevalue("postgres_available")
     with fresh_database_url(request.param, tmp_path_factory) as url:
         database = db.prepare(url)
-        server = create_server("127.0.0.1:0", database, workers=8)
+        server = create_server("127.0.0.1:0", database, keys.verifier(), workers=8)
         envoy = Envoy.start(gateway_settings(tmp_path_factory.mktemp("envoy"), server.port))
-        stack = Stack(database, server, envoy)
+        envoy.default_headers["Authorization"] = f"Bearer {keys.token()}"
+        stack = Stack(database, server, envoy, keys)
         try:
             yield stack
         finally:

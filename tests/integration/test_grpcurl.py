@@ -49,18 +49,26 @@ def test_list_and_describe_through_reflection(stack: Stack, route: str) -> None:
 def test_create_and_refuse(stack: Stack, route: str) -> None:
     method = "comms.v1.SequenceService/CreateSequence"
     before = stack.counts()
-    created = _grpcurl("-d", json.dumps(valid_body()), _target(stack, route), method)
+    bearer = f"authorization: Bearer {stack.keys.token()}"
+    created = _grpcurl("-H", bearer, "-d", json.dumps(valid_body()), _target(stack, route), method)
     assert created.returncode == 0, created.stderr
     answer = json.loads(created.stdout)
     assert answer["status"] == "draft"
     assert [s["channel"] for s in answer["steps"]] == ["email", "sms", "in_app"]
     assert stack.counts() == (before[0] + 1, before[1] + 3)
 
-    refused = _grpcurl("-d", json.dumps(valid_body() | {"name": ""}), _target(stack, route), method)
+    refused = _grpcurl(
+        "-H", bearer, "-d", json.dumps(valid_body() | {"name": ""}), _target(stack, route), method
+    )
     assert refused.returncode == 67  # grpcurl: 64 + status code 3 (INVALID_ARGUMENT)
     assert "Code: InvalidArgument" in refused.stderr
     assert "Message: name: is required and must be a non-empty string" in refused.stderr
     assert '"field": "name"' in refused.stderr or '"field":"name"' in refused.stderr
+    assert stack.counts() == (before[0] + 1, before[1] + 3)
+
+    anonymous = _grpcurl("-d", json.dumps(valid_body()), _target(stack, route), method)
+    assert anonymous.returncode == 80  # 64 + 16 (UNAUTHENTICATED)
+    assert "Message: missing bearer token: send 'Authorization: Bearer <token>'" in anonymous.stderr
     assert stack.counts() == (before[0] + 1, before[1] + 3)
 
 

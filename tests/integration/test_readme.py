@@ -37,7 +37,7 @@ def _split_http(text: str) -> tuple[str, set[str], str]:
 
 
 def test_the_readme_has_its_examples() -> None:
-    assert len(EXAMPLES) == 7
+    assert len(EXAMPLES) == 8
 
 
 @pytest.mark.parametrize(("command", "shown"), EXAMPLES, ids=[c[:60] for c, _ in EXAMPLES])
@@ -46,7 +46,7 @@ def test_readme_example(stack: Stack, command: str, shown: str) -> None:
     for written, real in ports.items():
         command = command.replace(written, real)
     command = command.replace(".venv/bin/", str(Path(sys.executable).parent) + "/")
-    env = os.environ | {"NO_PROXY": "*"}
+    env = os.environ | {"NO_PROXY": "*", "TOKEN": stack.keys.token()}
     ran = subprocess.run(
         ["bash", "-c", command], capture_output=True, text=True, timeout=30, env=env, check=False
     )

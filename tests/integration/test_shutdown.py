@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from comms import devkeys
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 from tests.integration.conftest import free_port
@@ -36,8 +37,13 @@ def _wait_serving(channel: grpc.Channel) -> None:
 
 def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     port = free_port()
-    env = os.environ | {"COMMS_GRPC_PORT": str(port), "COMMS_DATA_DIR": str(tmp_path)}
-    env.pop("COMMS_DATABASE_URL", None)
+    env = os.environ | {
+        "COMMS_GRPC_PORT": str(port),
+        "COMMS_DATA_DIR": str(tmp_path),
+        "COMMS_ENV": "development",
+    }
+    for name in ("COMMS_DATABASE_URL", "COMMS_AUTH_JWKS_PATH"):
+        env.pop(name, None)
     server = subprocess.Popen([COMMS, "serve"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -47,12 +53,16 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
             blocker = sqlite3.connect(tmp_path / "comms.db", isolation_level=None)
             blocker.execute("BEGIN IMMEDIATE")
             request = pb.CreateSequenceRequest(brand_id="b", name="in flight")
-            in_flight = stub.CreateSequence.future(request, timeout=20)
+            bearer = (
+                ("authorization", f"Bearer {devkeys.mint_token(tmp_path, ['sequences:write'])}"),
+            )
+            in_flight = stub.CreateSequence.future(request, timeout=20, metadata=bearer)
             time.sleep(0.5)
             server.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             with pytest.raises(grpc.RpcError) as refused:
-                stub.CreateSequence(pb.CreateSequenceRequest(brand_id="b", name="late"), timeout=5)
+                late_request = pb.CreateSequenceRequest(brand_id="b", name="late")
+                stub.CreateSequence(late_request, timeout=5, metadata=bearer)
             late: Any = refused.value
             assert late.code() == grpc.StatusCode.UNAVAILABLE
             blocker.execute("ROLLBACK")

@@ -10,7 +10,7 @@ import peewee as pw
 import pytest
 from google.protobuf import json_format
 
-from comms import convert, migrations, models
+from comms import auth, convert, migrations, models
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
 from tests.requests import valid_body
@@ -18,6 +18,8 @@ from tests.requests import valid_body
 
 class _Context:
     """The few ServicerContext calls the servicer makes, recorded."""
+
+    last: _Context  # the last one aborted
 
     def __init__(self) -> None:
         self.metadata: tuple[tuple[str, str], ...] = ()
@@ -28,13 +30,21 @@ class _Context:
 
     def abort_with_status(self, status: grpc.Status) -> None:
         self.status = status
+        _Context.last = self
         raise grpc.RpcError(status.details)
 
 
-def _create(database: pw.Database, body: dict[str, Any]) -> tuple[pb.Sequence, _Context]:
+CALLER = auth.Principal(subject="tester", scopes=frozenset({"sequences:write"}), brand_ids=None)
+
+
+def _create(
+    database: pw.Database, body: dict[str, Any], caller: auth.Principal = CALLER
+) -> tuple[pb.Sequence, _Context]:
+    """Call the servicer as the interceptor would once the caller's token is verified."""
     context = _Context()
     request = json_format.ParseDict(body, pb.CreateSequenceRequest())
-    return SequenceService(database).CreateSequence(request, context), context
+    with auth.serving_as(caller):
+        return SequenceService(database).CreateSequence(request, context), context
 
 
 def _stored(database: pw.Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -133,10 +143,9 @@ def test_store_outage_is_unavailable_and_unexpected_errors_are_internal(
             raise error  # noqa: B023 (used at once)
 
         monkeypatch.setattr(models.SequenceRow, "insert", fail)
-        context = _Context()
-        request = json_format.ParseDict(valid_body(), pb.CreateSequenceRequest())
         with pytest.raises(grpc.RpcError):
-            SequenceService(database).CreateSequence(request, context)
+            _create(database, valid_body())
+        context = _Context.last
         assert context.status is not None
         assert (context.status.code, context.status.details) == (code, message)
     assert _stored(database) == ([], [])
@@ -176,3 +185,21 @@ def test_ids_are_time_ordered_uuid7() -> None:
     ids = [convert.new_id() for _ in range(50)]
     assert {i.version for i in ids} == {7}
     assert [i.int >> 80 for i in ids] == sorted(i.int >> 80 for i in ids)
+
+
+def test_brand_limited_caller_acts_only_for_its_brands(database: pw.Database) -> None:
+    limited = auth.Principal(subject="t", scopes=frozenset(), brand_ids=frozenset({"brand_123"}))
+    created, _ = _create(database, valid_body(), limited)
+    assert created.brand_id == "brand_123"
+    with pytest.raises(grpc.RpcError):
+        _create(database, valid_body() | {"brand_id": "brand_999"}, limited)
+    status = _Context.last.status
+    assert status is not None
+    assert (status.code, status.details) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the token may not act for brand 'brand_999'",
+    )
+    assert ("www-authenticate", 'Bearer realm="comms", error="insufficient_scope"') in (
+        status.trailing_metadata
+    )
+    assert len(_stored(database)[0]) == 1

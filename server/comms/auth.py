@@ -1,0 +1,284 @@
+"""Bearer-token authentication, on every comms RPC whichever way it comes in.
+
+A JWT (RS256 or ES256 only) is checked for signature against a JWKS file, for exp/nbf with a
+small leeway, for issuer and audience; its `scope` claim must hold the scope the RPC declares
+in the proto ((comms.v1.required_scope)), and its optional `brand_ids` claim limits the brands
+the caller may act for. Health and reflection are not comms RPCs and stay open."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+
+from comms import devkeys
+from comms.config import ConfigError, Settings
+from comms.errors import RpcFailure
+from comms.v1 import options_pb2
+from comms.v1 import sequences_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# The only accepted algorithms, each bound to the one key type it may use: never `none`,
+# never an HMAC that a public key could be passed off as.
+_ALGORITHM_FOR_KEY = {("RSA", None): "RS256", ("EC", "P-256"): "ES256"}
+ALGORITHMS = tuple(_ALGORITHM_FOR_KEY.values())
+SCOPE_CLAIM = "scope"
+BRANDS_CLAIM = "brand_ids"
+CHALLENGE = 'Bearer realm="comms"'
+
+
+def required_scopes() -> dict[str, str]:
+    """Each comms RPC's full method path ("/comms.v1.SequenceService/CreateSequence") and the
+    scope it declares in the proto ("" where it declares none)."""
+    extension: Any = options_pb2.required_scope  # typed by the stubs as a plain field
+    return {
+        f"/{service.full_name}/{method.name}": method.GetOptions().Extensions[extension]
+        for service in pb.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as their verified token says."""
+
+    subject: str
+    scopes: frozenset[str]
+    brand_ids: frozenset[str] | None  # None: the token sets no brand limit
+
+    def may_act_for(self, brand_id: str) -> bool:
+        return self.brand_ids is None or brand_id in self.brand_ids
+
+
+def unauthenticated(message: str) -> RpcFailure:
+    """No usable token; the challenge (RFC 6750) reaches HTTP callers as WWW-Authenticate."""
+    challenge = f'{CHALLENGE}, error="invalid_token"'
+    return RpcFailure(
+        grpc.StatusCode.UNAUTHENTICATED, message, metadata=[("www-authenticate", challenge)]
+    )
+
+
+def permission_denied(message: str) -> RpcFailure:
+    challenge = f'{CHALLENGE}, error="insufficient_scope"'
+    return RpcFailure(
+        grpc.StatusCode.PERMISSION_DENIED, message, metadata=[("www-authenticate", challenge)]
+    )
+
+
+@dataclass(frozen=True)
+class _Key:
+    key: Any
+    algorithm: str
+
+
+class TokenVerifier:
+    """Verifies tokens against a JWKS file; reread when a token names a key not yet known,
+    so that keys can be rotated without a restart."""
+
+    def __init__(self, jwks_path: Path, issuer: str, audience: str, leeway: int = 30) -> None:
+        self.jwks_path = jwks_path
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self._lock = threading.Lock()
+        self._mtime = 0.0
+        self._keys = self._load()
+
+    def _load(self) -> dict[str, _Key]:
+        self._mtime = self.jwks_path.stat().st_mtime
+        keys: dict[str, _Key] = {}
+        for data in json.loads(self.jwks_path.read_text())["keys"]:
+            algorithm = _ALGORITHM_FOR_KEY.get((data.get("kty"), data.get("crv")))
+            if algorithm is None or data.get("alg", algorithm) != algorithm:
+                log.warning(
+                    "ignoring JWKS key %r: only RSA (RS256) and P-256 (ES256)", data.get("kid")
+                )
+                continue
+            keys[data.get("kid", "")] = _Key(jwt.PyJWK(data, algorithm).key, algorithm)
+        if not keys:
+            raise ValueError(f"{self.jwks_path} holds no usable RS256 or ES256 key")
+        return keys
+
+    def _key(self, kid: str | None) -> _Key:
+        with self._lock:
+            if kid not in self._keys and self.jwks_path.stat().st_mtime != self._mtime:
+                self._keys = self._load()
+            keys = self._keys
+        if kid is None and len(keys) == 1:
+            return next(iter(keys.values()))
+        if kid is None or kid not in keys:
+            raise unauthenticated("token is signed by an unknown key")
+        return keys[kid]
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise unauthenticated("malformed bearer token: not a JWT") from None
+        algorithm = header.get("alg")
+        if algorithm not in ALGORITHMS:
+            raise unauthenticated(
+                f"token algorithm {algorithm!r} is not accepted: use {' or '.join(ALGORITHMS)}"
+            )
+        key = self._key(header.get("kid"))
+        if key.algorithm != algorithm:
+            raise unauthenticated(f"token algorithm {algorithm} does not match its key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthenticated("token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise unauthenticated("token is not valid yet (nbf is in the future)") from None
+        except jwt.InvalidAudienceError:
+            raise unauthenticated(
+                f"wrong audience: the token is not for {self.audience!r}"
+            ) from None
+        except jwt.InvalidIssuerError:
+            raise unauthenticated("wrong issuer: the token's issuer is not trusted") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise unauthenticated(f"token lacks the {error.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise unauthenticated("token signature is invalid") from None
+        except jwt.InvalidTokenError:
+            raise unauthenticated("malformed bearer token") from None
+        return _principal(claims)
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    scope = claims.get(SCOPE_CLAIM, "")
+    brands = claims.get(BRANDS_CLAIM)
+    if not isinstance(scope, str):
+        raise unauthenticated(f"the {SCOPE_CLAIM!r} claim must be a space-separated string")
+    if brands is not None and not (
+        isinstance(brands, list) and all(isinstance(b, str) for b in brands)
+    ):
+        raise unauthenticated(f"the {BRANDS_CLAIM!r} claim must be a list of strings")
+    return Principal(
+        subject=str(claims.get("sub", "")),
+        scopes=frozenset(scope.split()),
+        brand_ids=None if brands is None else frozenset(brands),
+    )
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    values = [v for k, v in metadata if k == "authorization"]
+    if not values:
+        raise unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+    scheme, _, token = str(values[0]).partition(" ")
+    if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
+        raise unauthenticated("malformed Authorization header: expected 'Bearer <token>'")
+    return token.strip()
+
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("comms_principal")
+
+
+def current_principal() -> Principal:
+    """The verified caller of the RPC being served (set by AuthInterceptor)."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def serving_as(principal: Principal) -> Iterator[None]:
+    """Make principal the caller for the code run inside."""
+    reset = _current.set(principal)
+    try:
+        yield
+    finally:
+        _current.reset(reset)
+
+
+def require_brand(brand_id: str) -> None:
+    """Refuse a caller whose token limits it to other brands (an empty brand_id is left to
+    validation, which names it as required)."""
+    if brand_id and not current_principal().may_act_for(brand_id):
+        raise permission_denied(f"the token may not act for brand {brand_id!r}")
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Guards every comms RPC: a verified token carrying the RPC's declared scope. Fails
+    closed: an RPC that declares no scope is refused to everyone."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self._verifier = verifier
+        self._scopes = required_scopes()
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None or details.method not in self._scopes:
+            return handler  # health, reflection, or unknown (grpc answers UNIMPLEMENTED)
+        scope = self._scopes[details.method]
+        metadata = details.invocation_metadata
+        serve = handler.unary_unary
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                principal = self._authorize(metadata, scope)
+            except RpcFailure as refusal:
+                context.abort_with_status(refusal.status)
+            with serving_as(principal):
+                return serve(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _authorize(self, metadata: Sequence[tuple[str, str | bytes]], scope: str) -> Principal:
+        principal = self._verifier.verify(bearer_token(metadata))
+        if not scope:
+            raise permission_denied("this method declares no scope, so nobody may call it")
+        if scope not in principal.scopes:
+            raise permission_denied(f"the token lacks the scope {scope!r}")
+        return principal
+
+
+def verifier_for(settings: Settings) -> TokenVerifier:
+    """The verifier the settings ask for. Only COMMS_ENV=development with no JWKS configured
+    trusts the generated development key; production never falls back to it."""
+    if settings.auth_jwks_path is not None:
+        if not (settings.auth_issuer and settings.auth_audience):
+            raise ConfigError(
+                "COMMS_AUTH_ISSUER and COMMS_AUTH_AUDIENCE must be set with COMMS_AUTH_JWKS_PATH"
+            )
+        jwks, issuer, audience = (
+            settings.auth_jwks_path,
+            settings.auth_issuer,
+            settings.auth_audience,
+        )
+    elif settings.environment == "development":
+        jwks, issuer, audience = (
+            devkeys.ensure_keys(settings.data_dir),
+            devkeys.ISSUER,
+            devkeys.AUDIENCE,
+        )
+    else:
+        raise ConfigError(
+            "COMMS_AUTH_JWKS_PATH, COMMS_AUTH_ISSUER and COMMS_AUTH_AUDIENCE are required; "
+            "for local development set COMMS_ENV=development to use a generated key pair"
+        )
+    try:
+        return TokenVerifier(jwks, issuer, audience, settings.auth_leeway_seconds)
+    except (OSError, ValueError, KeyError, jwt.PyJWKError) as error:
+        raise ConfigError(f"cannot use the JWKS file {jwks}: {error}") from None
