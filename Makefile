@@ -6,13 +6,23 @@ STAMP := $(VENV)/.installed
 GEN := server/comms/v1
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test build lint install clean
+.PHONY: run test bench build lint install clean
 
 run: build
 	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
 
 test: build lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Issue 5's benchmark (README "Benchmark"); ARGS="--db postgres", "--soak", "--duration 30"...
+# It drives HTTP with wrk, installed from Debian here when missing (as root).
+bench: build
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing wrk (apt-get)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else echo "make bench needs wrk: apt-get install wrk (as root)" >&2; exit 1; fi; }
+	$(PY) -m bench.run $(ARGS)
 
 install: $(STAMP)
 
@@ -33,8 +43,8 @@ $(GEN)/api.binpb: $(PROTOS) $(STAMP)
 
 lint: build
 	$(VENV)/bin/buf lint $(GEN)/api.binpb --path comms
-	$(VENV)/bin/ruff check server tests
-	$(VENV)/bin/ruff format --check server tests
+	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/ruff format --check server tests bench
 	$(VENV)/bin/mypy
 
 clean:

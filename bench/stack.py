@@ -1,0 +1,269 @@
+"""The stack under test as separate processes: `comms serve` and Envoy (`comms gateway`), on
+free ports and a fresh database; and what /proc says about each of them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import psycopg2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+COMMS = str(Path(sys.executable).parent / "comms")
+DEFAULT_POSTGRES_URL = os.environ.get(
+    "COMMS_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"
+)
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- /proc ---------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 (state) on: the command name may hold spaces."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its live descendants (a server of several processes is measured whole)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(
+                    int(entry.name)
+                )
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One look at a process tree."""
+
+    cpu_seconds: float  # user + system, of every process in it and the children they reaped
+    peak_rss_kib: int  # VmHWM, summed over its processes
+    rss_kib: int  # VmRSS now, summed
+    processes: int
+
+
+def usage(pid: int) -> Usage:
+    cpu = peak = rss = count = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):  # it may just have exited
+            fields = _stat_fields(member)
+            cpu += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+            peak += _status_kib(member, "VmHWM")
+            rss += _status_kib(member, "VmRSS")
+            count += 1
+    return Usage(cpu / _TICKS, peak, rss, count)
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already inside user
+    return (total - idle) / _TICKS, total / _TICKS
+
+
+# --- the database --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Store:
+    kind: str  # "sqlite" or "postgres"
+    url: str  # what the server gets as COMMS_DATABASE_URL
+
+    def rows(self) -> tuple[int, int]:
+        """(sequences, steps) stored."""
+        query = "SELECT (SELECT count(*) FROM sequences), (SELECT count(*) FROM steps)"
+        if self.kind == "sqlite":
+            with contextlib.closing(sqlite3.connect(urlsplit(self.url).path)) as connection:
+                sequences, steps = connection.execute(query).fetchone()
+        else:
+            with contextlib.closing(psycopg2.connect(self.url)) as connection:
+                with connection.cursor() as cursor:
+                    cursor.execute(query)
+                    sequences, steps = cursor.fetchone()
+                connection.rollback()
+        return int(sequences), int(steps)
+
+    def version(self) -> str:
+        if self.kind == "sqlite":
+            return f"SQLite {sqlite3.sqlite_version}"
+        with contextlib.closing(psycopg2.connect(self.url)) as connection:
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW server_version")
+                (version,) = cursor.fetchone()
+            connection.rollback()
+        return f"PostgreSQL {version}"
+
+
+@contextlib.contextmanager
+def fresh_store(kind: str, workdir: Path, postgres_url: str) -> Iterator[Store]:
+    """An empty store: a new SQLite file in workdir, or a new PostgreSQL database (dropped
+    afterwards) on the server that postgres_url names."""
+    if kind == "sqlite":
+        yield Store(kind, f"sqlite:///{workdir / 'comms.db'}")
+        return
+    name = f"comms_bench_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_url, connect_timeout=5)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        try:
+            parts = urlsplit(postgres_url)
+            yield Store(kind, urlunsplit(parts._replace(path=f"/{name}")))
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.close()
+
+
+# --- the processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    store: Store
+    grpc_port: int
+    http_port: int
+    server: subprocess.Popen[bytes]
+    envoy: subprocess.Popen[bytes]
+    token: str | None  # a bearer token the server accepts, if it asks for one
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1/sequences"
+
+
+def _dev_token(env: dict[str, str]) -> str | None:
+    """A token from `comms dev-token` when this version of the server checks tokens (it then
+    trusts the development key under COMMS_DATA_DIR); None for a server without auth."""
+    made = subprocess.run(
+        [COMMS, "dev-token", "--ttl", str(24 * 3600)], env=env, capture_output=True, text=True
+    )
+    if made.returncode == 0:
+        return made.stdout.strip().splitlines()[-1]
+    if "invalid choice" in made.stderr:
+        return None
+    raise RuntimeError(f"comms dev-token failed: {made.stderr.strip()}")
+
+
+def _log_tail(path: Path) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
+
+
+def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"comms serve exited with {process.returncode}:\n" + _log_tail(log)
+                )
+            try:
+                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError("comms serve did not start serving within 30 s")
+
+
+def _wait_ready(process: subprocess.Popen[bytes], admin_port: int, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Envoy exited with {process.returncode}:\n" + _log_tail(log))
+        url = f"http://127.0.0.1:{admin_port}/ready"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError("Envoy was not ready within 30 s")
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def running_stack(store: Store, workdir: Path) -> Iterator[Stack]:
+    """`comms serve` and `comms gateway` (which becomes Envoy: same pid) as child processes.
+    COMMS_* settings in the environment (COMMS_GRPC_WORKERS, ...) reach them, except the
+    ports, the data directory and the database, which are the benchmark's own."""
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    env = os.environ | {
+        "COMMS_GRPC_PORT": str(grpc_port),
+        "COMMS_HTTP_PORT": str(http_port),
+        "COMMS_ADMIN_PORT": str(admin_port),
+        "COMMS_BIND_HOST": "127.0.0.1",
+        "COMMS_UPSTREAM_HOST": "127.0.0.1",
+        "COMMS_DATA_DIR": str(workdir),
+        "COMMS_DATABASE_URL": store.url,
+    }
+    if "COMMS_AUTH_JWKS_PATH" not in env:
+        env["COMMS_ENV"] = "development"
+    token = _dev_token(env)
+    server_log, envoy_log = workdir / "server.log", workdir / "envoy.log"
+    with contextlib.ExitStack() as cleanup:
+        logs: list[IO[bytes]] = [
+            cleanup.enter_context(open(path, "wb")) for path in (server_log, envoy_log)
+        ]
+        server = subprocess.Popen([COMMS, "serve"], env=env, stdout=logs[0], stderr=logs[0])
+        cleanup.callback(_stop, server)
+        _wait_serving(server, f"127.0.0.1:{grpc_port}", server_log)
+        # Envoy's access log (stdout) is part of its work per request, but not worth keeping.
+        envoy = subprocess.Popen(
+            [COMMS, "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=logs[1]
+        )
+        cleanup.callback(_stop, envoy)
+        _wait_ready(envoy, admin_port, envoy_log)
+        yield Stack(store, grpc_port, http_port, server, envoy, token)
