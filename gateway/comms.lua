@@ -155,8 +155,12 @@ end
 
 function envoy_on_response(handle)
   local headers = handle:headers()
+  -- Internal hints of the server, never shown: the HTTP status it wants, and for
+  -- errors a more precise code than its gRPC status gives.
   local http_code = headers:get("x-http-code")
-  headers:remove("x-http-code")  -- internal hint of the server, never shown
+  local error_code = headers:get("x-error-code")
+  headers:remove("x-http-code")
+  headers:remove("x-error-code")
 
   local md = handle:streamInfo():dynamicMetadata():get(NS)
   if not (md and md.caller == "http") then return end  -- gRPC callers get gRPC as is
@@ -191,6 +195,8 @@ function envoy_on_response(handle)
   local status, code, message = 500, "internal", "internal error"
   if map then
     status, code = map[1], map[2]
+    if error_code and error_code:match("^[%l_]+$") then code = error_code end
+    if http_code and http_code:match("^[45]%d%d$") then status = tonumber(http_code) end
     message = grpc_message:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
     if message == "" then message = (code:gsub("_", " ")) end
   end

@@ -18,7 +18,7 @@ from comms.auth import TokenVerifier
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "comms-test"
-ALL_SCOPES = "sequences:write"
+ALL_SCOPES = "sequences:read sequences:write"
 
 
 def _b64(data: bytes) -> str:

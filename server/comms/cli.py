@@ -10,10 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
-from comms import auth, config, db, devkeys, gateway, migrations
+import peewee as pw
+
+from comms import auth, config, convert, db, devkeys, gateway, migrations, store
 from comms.server import Server, create_server
+from comms.service import IDEMPOTENCY_RETENTION
 
 log = logging.getLogger("comms")
 
@@ -29,6 +33,9 @@ def _start_server(settings: config.Settings) -> Server:
         verifier.jwks_path,
         " (the development key pair)" if settings.auth_jwks_path is None else "",
     )
+    threading.Thread(
+        target=_forget_old_idempotency_keys, args=(database,), daemon=True, name="purge"
+    ).start()
     address = f"{settings.bind_host}:{settings.grpc_port}"
     try:
         server = create_server(address, database, verifier, settings.grpc_workers)
@@ -41,6 +48,19 @@ def _start_server(settings: config.Settings) -> Server:
         db.describe(settings.resolved_database_url),
     )
     return server
+
+
+def _forget_old_idempotency_keys(database: pw.Database) -> None:
+    """Hourly, in the background: keys outlive their retention by at most an hour."""
+    while True:
+        try:
+            with database.connection_context():
+                purged = store.purge_idempotency(convert.utc_now() - IDEMPOTENCY_RETENTION)
+            if purged:
+                log.info("forgot %d idempotency keys older than %s", purged, IDEMPOTENCY_RETENTION)
+        except pw.DatabaseError as error:
+            log.warning("could not forget old idempotency keys: %s", error)
+        time.sleep(3600)
 
 
 def _stop_event() -> threading.Event:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 from collections.abc import Callable
 
 import peewee as pw
@@ -48,8 +49,39 @@ def _m0001_sequences_and_steps(db: pw.Database) -> None:
     db.create_tables([Sequence, Step])
 
 
+def _m0002_idempotency_and_secrets(db: pw.Database) -> None:
+    class IdempotencyKey(pw.Model):
+        # Keys are scoped to the caller (a hash of the token's subject) and the brand.
+        caller = pw.CharField(max_length=64)
+        brand_id = pw.CharField(max_length=255)
+        key = pw.CharField(max_length=255)
+        request_hash = pw.CharField(max_length=64)
+        # No foreign key: the key row is inserted first, so that a concurrent create with
+        # the same key waits on it (PostgreSQL) and then finds it.
+        sequence_id = pw.UUIDField()
+        created_at = pw.DateTimeField(index=True)  # for expiry
+
+        class Meta:
+            database = db
+            table_name = "idempotency_keys"
+            primary_key = pw.CompositeKey("caller", "brand_id", "key")
+
+    class Secret(pw.Model):
+        name = pw.CharField(max_length=64, primary_key=True)
+        value = pw.CharField(max_length=255)
+
+        class Meta:
+            database = db
+            table_name = "comms_secrets"
+
+    db.create_tables([IdempotencyKey, Secret])
+    # Signs page tokens; kept in the store so that every server process shares it.
+    Secret.create(name="page_token_key", value=secrets.token_hex(32))
+
+
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _m0001_sequences_and_steps),
+    (2, _m0002_idempotency_and_secrets),
 ]
 
 

@@ -32,4 +32,25 @@ class StepRow(pw.Model):
         table_name = "steps"
 
 
-MODELS: list[type[pw.Model]] = [SequenceRow, StepRow]
+class IdempotencyRow(pw.Model):
+    caller = pw.CharField(max_length=64)
+    brand_id = pw.CharField(max_length=255)
+    key = pw.CharField(max_length=255)
+    request_hash = pw.CharField(max_length=64)
+    sequence_id = pw.UUIDField()
+    created_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = pw.CompositeKey("caller", "brand_id", "key")
+
+
+class SecretRow(pw.Model):
+    name = pw.CharField(max_length=64, primary_key=True)
+    value = pw.CharField(max_length=255)
+
+    class Meta:
+        table_name = "comms_secrets"
+
+
+MODELS: list[type[pw.Model]] = [SequenceRow, StepRow, IdempotencyRow, SecretRow]

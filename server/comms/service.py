@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import hashlib
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -11,19 +14,24 @@ import grpc
 import peewee as pw
 from google.rpc import error_details_pb2
 
-from comms import auth, convert, models
+from comms import auth, convert, paging, store, validation
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
-from comms.validation import FieldViolation, create_sequence_violations
+from comms.validation import FieldViolation
 
 log = logging.getLogger(__name__)
 
 # Violations listed in one error: the message and details travel as gRPC trailers, which
 # clients cap at 8 KiB by default.
 MAX_REPORTED_VIOLATIONS = 20
-# Sent as initial metadata; the gateway turns the transcoder's 200 into this status.
+# Sent as metadata; the gateway turns it into the HTTP status (and removes it).
 HTTP_CODE_HEADER = "x-http-code"
+# Sent with an error whose gRPC status alone does not say which HTTP error code it is.
+ERROR_CODE_HEADER = "x-error-code"
+IDEMPOTENCY_HEADER = "idempotency-key"
+# How long an idempotency key is remembered (the contract promises at least 24 hours).
+IDEMPOTENCY_RETENTION = dt.timedelta(hours=48)
 
 
 def invalid_argument(violations: list[FieldViolation]) -> RpcFailure:
@@ -38,6 +46,11 @@ def invalid_argument(violations: list[FieldViolation]) -> RpcFailure:
         ]
     )
     return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, message, details=[bad_request])
+
+
+def not_found(sequence_id: str) -> RpcFailure:
+    shown = sequence_id if len(sequence_id) <= 64 else sequence_id[:64] + "..."
+    return RpcFailure(grpc.StatusCode.NOT_FOUND, f"sequence {shown!r} not found")
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -66,22 +79,145 @@ def _answers_errors(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
+def _idempotency_key(
+    request: pb.CreateSequenceRequest, context: grpc.ServicerContext
+) -> tuple[str, list[FieldViolation]]:
+    """The key from the Idempotency-Key header (idempotency-key metadata) or request_id."""
+    headers = [str(v) for k, v in context.invocation_metadata() if k == IDEMPOTENCY_HEADER]
+    if len(headers) > 1:
+        return "", [FieldViolation("Idempotency-Key", "must be sent at most once")]
+    header = headers[0] if headers else ""
+    if header and request.request_id and header != request.request_id:
+        return "", [
+            FieldViolation("request_id", "must equal the Idempotency-Key header when both are sent")
+        ]
+    if header:
+        return header, validation.idempotency_key_violations("Idempotency-Key", header)
+    if request.request_id:
+        return request.request_id, validation.idempotency_key_violations(
+            "request_id", request.request_id
+        )
+    return "", []
+
+
+def _fingerprint(request: pb.CreateSequenceRequest) -> str:
+    """What makes two creates the same request: every field but the key itself."""
+    copy = pb.CreateSequenceRequest()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _created(context: grpc.ServicerContext, found: store.Found, replayed: bool) -> pb.Sequence:
+    sequence, steps = found
+    metadata: tuple[tuple[str, str | bytes], ...] = (
+        (HTTP_CODE_HEADER, "201"),
+        ("location", f"/v1/sequences/{sequence['id']}"),
+    )
+    if replayed:
+        metadata += (("idempotent-replayed", "true"),)
+    context.send_initial_metadata(metadata)
+    return convert.sequence_message(sequence, steps)
+
+
 class SequenceService(pb_grpc.SequenceServiceServicer):
     def __init__(self, database: pw.Database) -> None:
         self._db = database
+        self._page_secret: bytes | None = None
 
     @_answers_errors
     def CreateSequence(
         self, request: pb.CreateSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
         auth.require_brand(request.brand_id)
-        violations = create_sequence_violations(request)
+        key, key_violations = _idempotency_key(request, context)
+        violations = validation.create_sequence_violations(request) + key_violations
         if violations:
             raise invalid_argument(violations)
-        sequence, steps = convert.rows_from_request(request, convert.utc_now())
-        with self._db.connection_context(), self._db.atomic():
-            models.SequenceRow.insert(sequence).execute()
-            if steps:
-                models.StepRow.insert_many(steps).execute()
-        context.send_initial_metadata(((HTTP_CODE_HEADER, "201"),))
-        return convert.sequence_message(sequence, steps)
+        now = convert.utc_now()
+        sequence, steps = convert.rows_from_request(request, now)
+        if not key:
+            with self._db.connection_context(), self._db.atomic():
+                store.insert_sequence(sequence, steps)
+            return _created(context, (sequence, steps), replayed=False)
+
+        caller = hashlib.sha256(auth.current_principal().subject.encode()).hexdigest()
+        fingerprint = _fingerprint(request)
+        with self._db.connection_context():
+            try:
+                with self._db.atomic():
+                    prior = store.find_idempotency(caller, request.brand_id, key)
+                    if prior is not None and prior.created_at < now - IDEMPOTENCY_RETENTION:
+                        store.delete_idempotency(prior)
+                        prior = None
+                    if prior is None:
+                        # The key row first: a concurrent create with this key waits on it.
+                        store.insert_idempotency(
+                            caller, request.brand_id, key, fingerprint, sequence["id"], now
+                        )
+                        store.insert_sequence(sequence, steps)
+            except pw.IntegrityError:
+                # A concurrent create with the same key committed first: answer as it did.
+                prior = store.find_idempotency(caller, request.brand_id, key)
+                if prior is None:
+                    raise
+            if prior is None:
+                return _created(context, (sequence, steps), replayed=False)
+            if prior.request_hash != fingerprint:
+                raise RpcFailure(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the idempotency key {key!r} was already used with a different request",
+                    metadata=[(ERROR_CODE_HEADER, "idempotency_key_reused")],
+                )
+            original = store.get_sequence(prior.sequence_id)
+        if original is None:
+            raise RpcFailure(grpc.StatusCode.INTERNAL, "internal error")
+        return _created(context, original, replayed=True)
+
+    @_answers_errors
+    def GetSequence(
+        self, request: pb.GetSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        try:
+            sequence_id = uuid.UUID(request.id)
+        except ValueError:
+            raise not_found(request.id) from None
+        with self._db.connection_context():
+            found = store.get_sequence(sequence_id)
+        # Another brand's sequence is "not found" to a brand-limited caller: no hint it exists.
+        if found is None or not auth.current_principal().may_act_for(found[0]["brand_id"]):
+            raise not_found(request.id)
+        return convert.sequence_message(*found)
+
+    @_answers_errors
+    def ListSequences(
+        self, request: pb.ListSequencesRequest, context: grpc.ServicerContext
+    ) -> pb.ListSequencesResponse:
+        auth.require_brand(request.brand_id)
+        violations = validation.list_sequences_violations(request)
+        if violations:
+            raise invalid_argument(violations)
+        size = validation.page_size(request)
+        with self._db.connection_context():
+            secret = self._secret()
+            after = None
+            if request.page_token:
+                try:
+                    after = paging.decode(secret, request.brand_id, request.page_token)
+                except paging.PageTokenError as error:
+                    raise invalid_argument([FieldViolation("page_token", str(error))]) from None
+            page = store.list_sequences(request.brand_id, after, size + 1)
+        response = pb.ListSequencesResponse(
+            sequences=[convert.sequence_message(*found) for found in page[:size]]
+        )
+        if len(page) > size:
+            last = page[size - 1][0]
+            response.next_page_token = paging.encode(
+                secret, request.brand_id, paging.Cursor(last["created_at"], last["id"])
+            )
+        return response
+
+    def _secret(self) -> bytes:
+        if self._page_secret is None:
+            self._page_secret = store.page_token_secret()
+        return self._page_secret

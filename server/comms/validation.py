@@ -89,3 +89,33 @@ def create_sequence_violations(request: pb.CreateSequenceRequest) -> list[FieldV
     for i, step in enumerate(request.steps):
         found += _step(i, step, first_at)
     return found
+
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+def idempotency_key_violations(field: str, key: str) -> list[FieldViolation]:
+    """A key is 1 to 255 printable ASCII characters (it travels as an HTTP header)."""
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not all(" " <= c <= "~" for c in key):
+        return [
+            FieldViolation(
+                field,
+                f"must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
+            )
+        ]
+    return []
+
+
+def list_sequences_violations(request: pb.ListSequencesRequest) -> list[FieldViolation]:
+    """The rules of a list request; page_token is checked when it is decoded."""
+    found = _text("brand_id", request.brand_id, MAX_ID_CHARS, required=True)
+    if request.page_size < 0:
+        found.append(FieldViolation("page_size", f"must not be negative, got {request.page_size}"))
+    return found
+
+
+def page_size(request: pb.ListSequencesRequest) -> int:
+    """The page size to serve: the default for 0, larger values clamped to the maximum."""
+    return min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

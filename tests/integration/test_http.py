@@ -317,29 +317,36 @@ def test_largest_valid_request_fits_under_the_limit(stack: Stack) -> None:
     assert response.json()["description"] == "é" * 10_000
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/v1/sequences/", "/v1/sequence", "/v2/sequences"])
+@pytest.mark.parametrize(
+    "path", ["/", "/nope", "/v1/sequences/", "/v1/sequence", "/v2/sequences", "/v1/sequences/a/b"]
+)
 def test_unknown_path_is_404(stack: Stack, path: str) -> None:
     response = stack.envoy.request("GET", path)
     assert response.status == 404
     assert _error(response) == {"error": "not_found", "message": f"no route for GET {path}"}
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"])
-def test_other_methods_on_the_collection_are_405(stack: Stack, method: str) -> None:
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "OPTIONS"])
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [("/v1/sequences", "GET, POST"), ("/v1/sequences/01a220a3-7b38-781c-86d0-a6acf97fec34", "GET")],
+    ids=["collection", "item"],
+)
+def test_other_methods_are_405(stack: Stack, method: str, path: str, allowed: str) -> None:
     before = stack.counts()
-    response = stack.envoy.request(method, "/v1/sequences", json.dumps(valid_body()))
+    response = stack.envoy.request(method, path, json.dumps(valid_body()))
     assert response.status == 405
-    assert response.headers["allow"] == "POST"
+    assert response.headers["allow"] == allowed
     assert _error(response) == {
         "error": "method_not_allowed",
-        "message": f"method {method} is not allowed on /v1/sequences; allowed: POST",
+        "message": f"method {method} is not allowed on {path}; allowed: {allowed}",
     }
     assert stack.counts() == before
 
 
 def test_head_is_405_without_a_body(stack: Stack) -> None:
     response = stack.envoy.request("HEAD", "/v1/sequences")
-    assert (response.status, response.headers["allow"], response.body) == (405, "POST", b"")
+    assert (response.status, response.headers["allow"], response.body) == (405, "GET, POST", b"")
 
 
 def test_query_parameters_do_not_change_the_body(stack: Stack) -> None:

@@ -25,6 +25,9 @@ class _Context:
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.status: grpc.Status | None = None
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
     def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.metadata = metadata
 
@@ -69,7 +72,9 @@ def test_create_stores_the_sequence_and_its_steps(database: pw.Database) -> None
     message, context = _create(database, valid_body())
     sequences, steps = _stored(database)
 
-    assert context.metadata == (("x-http-code", "201"),)
+    assert context.metadata == (
+        ("x-http-code", "201"), ("location", f"/v1/sequences/{message.id}"),
+    )
     assert len(sequences) == 1
     row = sequences[0]
     assert str(row["id"]) == message.id
