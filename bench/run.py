@@ -53,7 +53,9 @@ class Measured:
     phase: Phase
     server_cpu: float  # seconds
     envoy_cpu: float
+    db_cpu: float  # PostgreSQL backends serving the benchmark's database (0 for SQLite)
     machine_busy: float  # share of all cores busy, everything on the machine included
+    others_busy: float  # the share of it not used by the stack, the database or the load
     server: Usage  # at the end of the phase
     envoy: Usage
 
@@ -63,15 +65,24 @@ class Measured:
 
 def measure(stack: Stack, run: Callable[[float], Phase], seconds: float) -> Measured:
     server0, envoy0 = usage(stack.server.pid), usage(stack.envoy.pid)
+    db0 = stack.store.backend_cpu()
     busy0, total0 = machine_busy_seconds()
     phase = run(seconds)
     busy1, total1 = machine_busy_seconds()
     server1, envoy1 = usage(stack.server.pid), usage(stack.envoy.pid)
+    db1 = stack.store.backend_cpu()
+    server_cpu = server1.cpu_seconds - server0.cpu_seconds
+    envoy_cpu = envoy1.cpu_seconds - envoy0.cpu_seconds
+    db_cpu = sum(cpu - db0.get(pid, 0.0) for pid, cpu in db1.items())
+    ours = server_cpu + envoy_cpu + db_cpu + phase.generator_cpu_seconds
+    total = max(total1 - total0, 1e-9)
     return Measured(
         phase=phase,
-        server_cpu=server1.cpu_seconds - server0.cpu_seconds,
-        envoy_cpu=envoy1.cpu_seconds - envoy0.cpu_seconds,
-        machine_busy=(busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0,
+        server_cpu=server_cpu,
+        envoy_cpu=envoy_cpu,
+        db_cpu=db_cpu,
+        machine_busy=(busy1 - busy0) / total,
+        others_busy=max(0.0, busy1 - busy0 - ours) / total,
         server=server1,
         envoy=envoy1,
     )
@@ -147,8 +158,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def cells_table(cells: list[Cell]) -> str:
     header = [
         "path", "conns", "creates/s", "p50 ms", "p90 ms", "p99 ms", "errors",
-        "server CPU ms/create", "Envoy CPU ms/create", "load gen CPU ms/create",
-        "machine busy", "server peak RSS MiB", "Envoy peak RSS MiB", "rows", "2xx", "rows = 2xx",
+        "server CPU ms/create", "Envoy CPU ms/create", "DB CPU ms/create",
+        "load gen CPU ms/create", "machine busy", "others busy", "server peak RSS MiB",
+        "Envoy peak RSS MiB", "rows", "2xx", "rows = 2xx",
     ]  # fmt: skip
     rows = []
     for cell in cells:
@@ -164,8 +176,10 @@ def cells_table(cells: list[Cell]) -> str:
                 str(cell.errors),
                 f"{m.per_create_ms(m.server_cpu):.2f}",
                 f"{m.per_create_ms(m.envoy_cpu):.2f}" if cell.path == "http" else "-",
+                f"{m.per_create_ms(m.db_cpu):.2f}" if cell.measured.db_cpu else "-",
                 f"{m.per_create_ms(phase.generator_cpu_seconds):.2f}",
                 f"{m.machine_busy:.0%}",
+                f"{m.others_busy:.0%}",
                 _mib(m.server.peak_rss_kib),
                 _mib(m.envoy.peak_rss_kib) if cell.path == "http" else "-",
                 str(cell.rows),
@@ -282,6 +296,7 @@ def soak(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bo
     window = args.duration / args.windows
     wrk = WrkLoad(stack.http_url, connections, workdir, stack.token)
     rows0, _ = stack.store.rows()
+    before = usage(stack.server.pid), usage(stack.envoy.pid)
     answered = 0
     if args.warmup > 0:
         log(f"soak: {args.warmup:g} s warm-up")
@@ -289,7 +304,7 @@ def soak(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bo
     windows: list[Measured] = []
     header = [
         "t s", "creates/s", "p50 ms", "p90 ms", "p99 ms", "errors", "server CPU ms/create",
-        "Envoy CPU ms/create", "server RSS MiB", "Envoy RSS MiB", "machine busy",
+        "Envoy CPU ms/create", "server RSS MiB", "Envoy RSS MiB", "machine busy", "others busy",
     ]  # fmt: skip
     rows: list[list[str]] = []
     log(f"soak: HTTP → Envoy, {connections} connections, {args.windows} windows of {window:g} s")
@@ -303,7 +318,7 @@ def soak(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bo
                 f"{(i + 1) * window:.0f}", f"{p.rate:.0f}", _ms(p.p50_ms), _ms(p.p90_ms),
                 _ms(p.p99_ms), str(p.errors), f"{m.per_create_ms(m.server_cpu):.2f}",
                 f"{m.per_create_ms(m.envoy_cpu):.2f}", _mib(m.server.rss_kib),
-                _mib(m.envoy.rss_kib), f"{m.machine_busy:.0%}",
+                _mib(m.envoy.rss_kib), f"{m.machine_busy:.0%}", f"{m.others_busy:.0%}",
             ]
         )  # fmt: skip
         log("  " + " | ".join(rows[-1]))
@@ -311,18 +326,20 @@ def soak(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bo
     stored = stack.store.rows()[0] - rows0
     errors = sum(m.phase.errors for m in windows)
 
-    def change(name: str, start: float, end: float, unit: str) -> str:
-        return f"- {name}: {start:.1f} → {end:.1f} {unit} ({end - start:+.1f})"
+    def change(name: str, start: float, end: float, unit: str = "") -> str:
+        return f"- {name}: {start:.1f} → {end:.1f}{unit} ({end - start:+.1f})"
 
     lines = [
         markdown_table(header, rows),
         "",
         f"First window → last window ({args.duration:g} s at {connections} connections):",
-        change("server RSS", first.server.rss_kib / 1024, last.server.rss_kib / 1024, "MiB"),
-        change("Envoy RSS", first.envoy.rss_kib / 1024, last.envoy.rss_kib / 1024, "MiB"),
-        change("p50 latency", first.phase.p50_ms, last.phase.p50_ms, "ms"),
-        change("p99 latency", first.phase.p99_ms, last.phase.p99_ms, "ms"),
-        change("creates/s", first.phase.rate, last.phase.rate, ""),
+        f"- RSS before the load: server {_mib(before[0].rss_kib)} MiB, "
+        f"Envoy {_mib(before[1].rss_kib)} MiB",
+        change("server RSS", first.server.rss_kib / 1024, last.server.rss_kib / 1024, " MiB"),
+        change("Envoy RSS", first.envoy.rss_kib / 1024, last.envoy.rss_kib / 1024, " MiB"),
+        change("p50 latency", first.phase.p50_ms, last.phase.p50_ms, " ms"),
+        change("p99 latency", first.phase.p99_ms, last.phase.p99_ms, " ms"),
+        change("creates/s", first.phase.rate, last.phase.rate),
         f"- peak RSS: server {_mib(last.server.peak_rss_kib)} MiB, "
         f"Envoy {_mib(last.envoy.peak_rss_kib)} MiB",
         f"- rows stored {stored}, 2xx counted {answered}, errors {errors}"
@@ -396,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if args.soak else " per cell")
             + "; HTTP by wrk (1 thread), gRPC by bench/grpc_driver.py (grpc.aio, a channel per"
             " connection); CPU per create is the process's CPU time in the measured phase over"
-            " the creates answered in it; machine busy counts every process, all cores",
+            " the creates answered in it (DB: the PostgreSQL backends of the benchmark's"
+            " database); machine busy: all processes, share of all cores; others busy: the part"
+            " of it that is none of these (other work on a shared machine)",
             "",
             body,
             "",

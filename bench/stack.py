@@ -121,6 +121,25 @@ class Store:
                 connection.rollback()
         return int(sequences), int(steps)
 
+    def backend_cpu(self) -> dict[int, float]:
+        """PostgreSQL: CPU seconds so far of each backend process serving this database (the
+        server's pooled connections). Empty for SQLite, whose work is done in the server."""
+        if self.kind == "sqlite":
+            return {}
+        with contextlib.closing(psycopg2.connect(self.url)) as connection:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                pids = [int(pid) for (pid,) in cursor.fetchall()]
+            connection.rollback()
+        found = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                found[pid] = usage(pid).cpu_seconds
+        return found
+
     def version(self) -> str:
         if self.kind == "sqlite":
             return f"SQLite {sqlite3.sqlite_version}"
