@@ -34,7 +34,10 @@ def _m0001_sequences_and_steps(db: pw.Database) -> None:
 
     class Step(pw.Model):
         id = pw.UUIDField(primary_key=True)
-        sequence = pw.ForeignKeyField(Sequence, column_name="sequence_id", on_delete="CASCADE")
+        # No index of its own: the unique (sequence_id, position) index serves lookups.
+        sequence = pw.ForeignKeyField(
+            Sequence, column_name="sequence_id", on_delete="CASCADE", index=False
+        )
         position = pw.IntegerField()
         channel = pw.CharField(max_length=16)
         template_key = pw.CharField(max_length=255)

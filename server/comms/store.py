@@ -7,6 +7,8 @@ import uuid
 from itertools import groupby
 from typing import Any
 
+import peewee as pw
+
 from comms.convert import Row
 from comms.models import IdempotencyRow, SecretRow, SequenceRow, StepRow
 from comms.paging import Cursor
@@ -44,9 +46,13 @@ def list_sequences(brand_id: str, after: Cursor | None, limit: int) -> list[Foun
     """A brand's sequences newest first, ties broken by id, starting after the cursor."""
     query: Any = SequenceRow.select().where(SequenceRow.brand_id == brand_id)
     if after is not None:
+        # A row-value comparison, which both stores answer from the index as a range.
         query = query.where(
-            (SequenceRow.created_at < after.created_at)
-            | ((SequenceRow.created_at == after.created_at) & (SequenceRow.id < after.id))
+            pw.Tuple(SequenceRow.created_at, SequenceRow.id)
+            < pw.Tuple(  # converted by hand: a Tuple does not apply the fields' conversions
+                SequenceRow.created_at.db_value(after.created_at),
+                SequenceRow.id.db_value(after.id),
+            )
         )
     rows = query.order_by(SequenceRow.created_at.desc(), SequenceRow.id.desc()).limit(limit)
     return _with_steps(list(rows.dicts()))
