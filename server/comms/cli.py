@@ -24,7 +24,9 @@ log = logging.getLogger("comms")
 
 def _start_server(settings: config.Settings) -> Server:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = db.prepare(settings.resolved_database_url, max_connections=settings.grpc_workers)
+    database = db.prepare(
+        settings.resolved_database_url, settings.grpc_workers, settings.sqlite_busy_timeout_ms
+    )
     verifier = auth.verifier_for(settings)
     log.info(
         "tokens: issuer %r, audience %r, keys from %s%s",
@@ -38,7 +40,9 @@ def _start_server(settings: config.Settings) -> Server:
     ).start()
     address = f"{settings.bind_host}:{settings.grpc_port}"
     try:
-        server = create_server(address, database, verifier, settings.grpc_workers)
+        server = create_server(
+            address, database, verifier, settings.grpc_workers, settings.max_in_flight
+        )
     except RuntimeError as error:
         raise SystemExit(f"comms: cannot listen on {address}: {error}") from None
     log.info(

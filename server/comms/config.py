@@ -22,6 +22,8 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str = ""
     grpc_workers: int = 16
+    max_in_flight: int = 0  # 0: four per worker
+    sqlite_busy_timeout_ms: int = 5000
     drain_seconds: float = 10.0
     log_level: str = "INFO"
     environment: str = "production"  # or "development": trusts a generated local key pair
@@ -57,6 +59,12 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     workers = _int(env, "COMMS_GRPC_WORKERS", Settings.grpc_workers)
     if workers < 1:
         raise ConfigError(f"COMMS_GRPC_WORKERS must be at least 1, got {workers}")
+    max_in_flight = _int(env, "COMMS_MAX_IN_FLIGHT", Settings.max_in_flight)
+    if max_in_flight < 0:
+        raise ConfigError(f"COMMS_MAX_IN_FLIGHT must not be negative, got {max_in_flight}")
+    busy = _int(env, "COMMS_SQLITE_BUSY_TIMEOUT_MS", Settings.sqlite_busy_timeout_ms)
+    if busy < 0:
+        raise ConfigError(f"COMMS_SQLITE_BUSY_TIMEOUT_MS must not be negative, got {busy}")
     drain = _int(env, "COMMS_DRAIN_SECONDS", int(Settings.drain_seconds))
     if drain < 0:
         raise ConfigError(f"COMMS_DRAIN_SECONDS must not be negative, got {drain}")
@@ -76,6 +84,8 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         data_dir=Path(env.get("COMMS_DATA_DIR", "").strip() or Settings.data_dir),
         database_url=env.get("COMMS_DATABASE_URL", "").strip(),
         grpc_workers=workers,
+        max_in_flight=max_in_flight,
+        sqlite_busy_timeout_ms=busy,
         drain_seconds=float(drain),
         log_level=env.get("COMMS_LOG_LEVEL", "").strip().upper() or Settings.log_level,
         environment=environment,

@@ -11,16 +11,13 @@ from comms import migrations, models
 
 # WAL lets reads run beside the single writer; synchronous=FULL makes every commit
 # durable before the client hears 201; the busy timeout queues writers instead of failing.
-_SQLITE_PRAGMAS = {
-    "journal_mode": "wal",
-    "synchronous": "full",
-    "foreign_keys": 1,
-    "busy_timeout": 5000,
-}
+_SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1}
 _POOLED = {"sqlite": "sqlite+pool", "postgres": "postgres+pool", "postgresql": "postgresql+pool"}
 
 
-def open_database(url: str, max_connections: int = 32) -> pw.Database:
+def open_database(
+    url: str, max_connections: int = 32, sqlite_busy_timeout_ms: int = 5000
+) -> pw.Database:
     """A pooled Peewee database for a sqlite:/// or postgresql:// URL, bound to the models.
 
     Every call opens a connection from the pool and gives it back, so idle threads hold none."""
@@ -34,7 +31,7 @@ def open_database(url: str, max_connections: int = 32) -> pw.Database:
     if scheme == "sqlite":
         # A pooled connection may serve another thread later, one thread at a time.
         options |= {
-            "pragmas": _SQLITE_PRAGMAS,
+            "pragmas": _SQLITE_PRAGMAS | {"busy_timeout": sqlite_busy_timeout_ms},
             "lock_type": "IMMEDIATE",
             "check_same_thread": False,
         }
@@ -43,9 +40,9 @@ def open_database(url: str, max_connections: int = 32) -> pw.Database:
     return database
 
 
-def prepare(url: str, max_connections: int = 32) -> pw.Database:
+def prepare(url: str, max_connections: int = 32, sqlite_busy_timeout_ms: int = 5000) -> pw.Database:
     """Open the database and bring its schema up to date."""
-    database = open_database(url, max_connections)
+    database = open_database(url, max_connections, sqlite_busy_timeout_ms)
     with database.connection_context():
         migrations.migrate(database)
     return database

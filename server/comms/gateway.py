@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from importlib import resources
@@ -23,13 +24,22 @@ def descriptor_path() -> Path:
     return path
 
 
+def _endpoints(host: str, ports: list[int]) -> str:
+    """The cluster's lb_endpoints as a YAML flow list (JSON is valid YAML)."""
+    return json.dumps(
+        [
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+            for port in ports
+        ]
+    )
+
+
 def render(settings: Settings) -> str:
     template = Template((GATEWAY_DIR / "envoy.yaml.in").read_text())
     return template.substitute(
         http_port=settings.http_port,
         admin_port=settings.admin_port,
-        upstream_host=settings.upstream_host,
-        upstream_port=settings.grpc_port,
+        upstream_endpoints=_endpoints(settings.upstream_host, [settings.grpc_port]),
         descriptor_path=descriptor_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
         max_body_bytes=MAX_BODY_BYTES,

@@ -35,14 +35,23 @@ class Server:
 
 
 def create_server(
-    address: str, database: pw.Database, verifier: TokenVerifier, workers: int = 16
+    address: str,
+    database: pw.Database,
+    verifier: TokenVerifier,
+    workers: int = 16,
+    max_in_flight: int | None = None,
 ) -> Server:
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
-    needs a token that verifier accepts; health and reflection stay open."""
+    needs a token that verifier accepts; health and reflection stay open.
+
+    At most max_in_flight calls (default: four per worker) are running or queued; beyond
+    that a call is refused at once with RESOURCE_EXHAUSTED, so overload cannot grow the
+    queue, the memory and everyone's latency without bound."""
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(verifier)],
         options=[("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=max_in_flight or 4 * workers,
     )
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
     health_servicer = health.HealthServicer()

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -108,6 +109,28 @@ def _fingerprint(request: pb.CreateSequenceRequest) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
+def _deadline(context: grpc.ServicerContext) -> float:
+    """When the caller stops waiting (time.monotonic): its grpc-timeout, or for HTTP callers
+    the gateway's route timeout, which Envoy sends as x-envoy-expected-rq-timeout-ms."""
+    remaining = context.time_remaining()
+    for key, value in context.invocation_metadata():
+        if key == "x-envoy-expected-rq-timeout-ms" and str(value).isdigit():
+            remaining = min(remaining, int(str(value)) / 1000)
+    return time.monotonic() + remaining
+
+
+def _still_wanted(context: grpc.ServicerContext, deadline: float) -> None:
+    """Called last inside a create's transaction: a caller that has gone, or whose deadline
+    has passed, is told so and nothing is committed (the transaction rolls back)."""
+    if not context.is_active():
+        raise RpcFailure(grpc.StatusCode.CANCELLED, "the call was cancelled; nothing was stored")
+    if time.monotonic() >= deadline:
+        raise RpcFailure(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "the deadline passed before the create could commit; nothing was stored",
+        )
+
+
 def _created(context: grpc.ServicerContext, found: store.Found, replayed: bool) -> pb.Sequence:
     sequence, steps = found
     metadata: tuple[tuple[str, str | bytes], ...] = (
@@ -129,6 +152,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
     def CreateSequence(
         self, request: pb.CreateSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
+        deadline = _deadline(context)
         auth.require_brand(request.brand_id)
         key, key_violations = _idempotency_key(request, context)
         violations = validation.create_sequence_violations(request) + key_violations
@@ -139,6 +163,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         if not key:
             with self._db.connection_context(), self._db.atomic():
                 store.insert_sequence(sequence, steps)
+                _still_wanted(context, deadline)
             return _created(context, (sequence, steps), replayed=False)
 
         caller = hashlib.sha256(auth.current_principal().subject.encode()).hexdigest()
@@ -156,6 +181,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
                             caller, request.brand_id, key, fingerprint, sequence["id"], now
                         )
                         store.insert_sequence(sequence, steps)
+                        _still_wanted(context, deadline)
             except pw.IntegrityError:
                 # A concurrent create with the same key committed first: answer as it did.
                 prior = store.find_idempotency(caller, request.brand_id, key)

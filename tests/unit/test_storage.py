@@ -21,9 +21,17 @@ class _Context:
 
     last: _Context  # the last one aborted
 
-    def __init__(self) -> None:
+    def __init__(self, active: bool = True, remaining: float = 10.0) -> None:
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.status: grpc.Status | None = None
+        self.active = active
+        self.remaining = remaining
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def time_remaining(self) -> float:
+        return self.remaining
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
@@ -41,10 +49,13 @@ CALLER = auth.Principal(subject="tester", scopes=frozenset({"sequences:write"}),
 
 
 def _create(
-    database: pw.Database, body: dict[str, Any], caller: auth.Principal = CALLER
+    database: pw.Database,
+    body: dict[str, Any],
+    caller: auth.Principal = CALLER,
+    context: _Context | None = None,
 ) -> tuple[pb.Sequence, _Context]:
     """Call the servicer as the interceptor would once the caller's token is verified."""
-    context = _Context()
+    context = context or _Context()
     request = json_format.ParseDict(body, pb.CreateSequenceRequest())
     with auth.serving_as(caller):
         return SequenceService(database).CreateSequence(request, context), context
@@ -73,7 +84,8 @@ def test_create_stores_the_sequence_and_its_steps(database: pw.Database) -> None
     sequences, steps = _stored(database)
 
     assert context.metadata == (
-        ("x-http-code", "201"), ("location", f"/v1/sequences/{message.id}"),
+        ("x-http-code", "201"),
+        ("location", f"/v1/sequences/{message.id}"),
     )
     assert len(sequences) == 1
     row = sequences[0]
@@ -208,3 +220,32 @@ def test_brand_limited_caller_acts_only_for_its_brands(database: pw.Database) ->
         status.trailing_metadata
     )
     assert len(_stored(database)[0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("context", "code", "message"),
+    [
+        (
+            _Context(active=False),
+            grpc.StatusCode.CANCELLED,
+            "the call was cancelled; nothing was stored",
+        ),
+        (
+            _Context(remaining=0),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "the deadline passed before the create could commit; nothing was stored",
+        ),
+    ],
+    ids=["cancelled", "deadline passed"],
+)
+@pytest.mark.parametrize("key", ["", "retry-1"], ids=["no key", "with a key"])
+def test_a_caller_gone_before_commit_gets_nothing_stored(
+    database: pw.Database, context: _Context, code: grpc.StatusCode, message: str, key: str
+) -> None:
+    with pytest.raises(grpc.RpcError):
+        _create(database, valid_body() | {"request_id": key}, context=context)
+    assert context.status is not None
+    assert (context.status.code, context.status.details) == (code, message)
+    assert _stored(database) == ([], [])
+    with database.connection_context():
+        assert models.IdempotencyRow.select().count() == 0
