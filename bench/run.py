@@ -106,12 +106,23 @@ class Cell:
         return (self.warmup.errors if self.warmup else 0) + self.measured.phase.errors
 
     @property
+    def rows_match(self) -> bool:
+        return self.rows == self.answered_ok and self.steps == STEPS_PER_CREATE * self.rows
+
+    @property
     def consistent(self) -> bool:
-        return (
-            self.errors == 0
-            and self.rows == self.answered_ok
-            and self.steps == STEPS_PER_CREATE * self.rows
-        )
+        return self.errors == 0 and self.rows_match
+
+    def error_kinds(self) -> dict[str, int]:
+        """Failed answers by status, and requests that got none ("no answer")."""
+        kinds: dict[str, int] = {}
+        for phase in filter(None, (self.warmup, self.measured.phase)):
+            for status, n in phase.statuses.items():
+                if not (status == "OK" or status.startswith("2")):
+                    kinds[status] = kinds.get(status, 0) + n
+            if phase.socket_errors:
+                kinds["no answer"] = kinds.get("no answer", 0) + phase.socket_errors
+        return kinds
 
 
 def run_cell(
@@ -184,10 +195,16 @@ def cells_table(cells: list[Cell]) -> str:
                 _mib(m.envoy.peak_rss_kib) if cell.path == "http" else "-",
                 str(cell.rows),
                 str(cell.answered_ok),
-                "yes" if cell.consistent else "NO",
+                "yes" if cell.rows_match else "NO",
             ]
         )
-    return markdown_table(header, rows)
+    notes = [
+        f"- {PATH_NAMES[c.path]}, {c.connections} connections: "
+        + ", ".join(f"{status}: {n}" for status, n in sorted(c.error_kinds().items()))
+        for c in cells
+        if c.errors
+    ]
+    return "\n".join([markdown_table(header, rows), *(["", "Errors:", *notes] if notes else [])])
 
 
 def target_lines(cells: list[Cell], store: str) -> list[str]:
