@@ -13,10 +13,10 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -28,6 +28,12 @@ DEFAULT_POSTGRES_URL = os.environ.get(
     "COMMS_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"
 )
 _TICKS = os.sysconf("SC_CLK_TCK")
+# gRPC channel options for a client that should notice a restarted server at once.
+RECONNECT_FAST = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 100),
+]
 
 
 def free_port() -> int:
@@ -110,16 +116,20 @@ class Store:
     def rows(self) -> tuple[int, int]:
         """(sequences, steps) stored."""
         query = "SELECT (SELECT count(*) FROM sequences), (SELECT count(*) FROM steps)"
+        ((sequences, steps),) = self.query(query)
+        return int(sequences), int(steps)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows a read-only query answers, on a connection of its own."""
         if self.kind == "sqlite":
             with contextlib.closing(sqlite3.connect(urlsplit(self.url).path)) as connection:
-                sequences, steps = connection.execute(query).fetchone()
-        else:
-            with contextlib.closing(psycopg2.connect(self.url)) as connection:
-                with connection.cursor() as cursor:
-                    cursor.execute(query)
-                    sequences, steps = cursor.fetchone()
-                connection.rollback()
-        return int(sequences), int(steps)
+                return connection.execute(sql).fetchall()
+        with contextlib.closing(psycopg2.connect(self.url)) as connection:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                rows = cursor.fetchall()
+            connection.rollback()
+        return rows
 
     def backend_cpu(self) -> dict[int, float]:
         """PostgreSQL: CPU seconds so far of each backend process serving this database (the
@@ -182,9 +192,12 @@ class Stack:
     store: Store
     grpc_port: int
     http_port: int
+    admin_port: int
     server: subprocess.Popen[bytes]
     envoy: subprocess.Popen[bytes]
     token: str | None  # a bearer token the server accepts, if it asks for one
+    env: dict[str, str]  # what both processes run with
+    workdir: Path  # where server.log and envoy.log are written
 
     @property
     def grpc_target(self) -> str:
@@ -193,6 +206,14 @@ class Stack:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/v1/sequences"
+
+    def start_server(self) -> None:
+        """Start `comms serve` again, on the same port and store (after a crash or a stop)."""
+        self.server = _spawn_server(self.env, self.workdir / "server.log")
+
+    def start_envoy(self) -> None:
+        """Start Envoy again, on the same ports."""
+        self.envoy = _spawn_envoy(self.env, self.workdir / "envoy.log")
 
 
 def _dev_token(env: dict[str, str]) -> str | None:
@@ -214,7 +235,8 @@ def _log_tail(path: Path) -> str:
 
 def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
     deadline = time.monotonic() + 30
-    with grpc.insecure_channel(target) as channel:
+    # Retry the connection every 0.1 s, not after grpc's default backoff of 1 s and more.
+    with grpc.insecure_channel(target, options=RECONNECT_FAST) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -253,36 +275,63 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
             process.wait()
 
 
+def _spawn_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        server = subprocess.Popen([COMMS, "serve"], env=env, stdout=out, stderr=out)
+    try:
+        _wait_serving(server, f"127.0.0.1:{env['COMMS_GRPC_PORT']}", log)
+    except BaseException:
+        _stop(server)
+        raise
+    return server
+
+
+def _spawn_envoy(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    # Envoy's access log (stdout) is part of its work per request, but not worth keeping.
+    with open(log, "ab") as out:
+        envoy = subprocess.Popen([COMMS, "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=out)
+    try:
+        _wait_ready(envoy, int(env["COMMS_ADMIN_PORT"]), log)
+    except BaseException:
+        _stop(envoy)
+        raise
+    return envoy
+
+
 @contextlib.contextmanager
-def running_stack(store: Store, workdir: Path) -> Iterator[Stack]:
+def running_stack(
+    store: Store, workdir: Path, settings: Mapping[str, str] | None = None
+) -> Iterator[Stack]:
     """`comms serve` and `comms gateway` (which becomes Envoy: same pid) as child processes.
-    COMMS_* settings in the environment (COMMS_GRPC_WORKERS, ...) reach them, except the
-    ports, the data directory and the database, which are the benchmark's own."""
+    COMMS_* settings in the environment (COMMS_GRPC_WORKERS, ...) reach them, then those in
+    settings, except the ports, the data directory and the database, which are the
+    benchmark's own. Whatever processes the stack has at the end are stopped."""
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
-    env = os.environ | {
-        "COMMS_GRPC_PORT": str(grpc_port),
-        "COMMS_HTTP_PORT": str(http_port),
-        "COMMS_ADMIN_PORT": str(admin_port),
-        "COMMS_BIND_HOST": "127.0.0.1",
-        "COMMS_UPSTREAM_HOST": "127.0.0.1",
-        "COMMS_DATA_DIR": str(workdir),
-        "COMMS_DATABASE_URL": store.url,
-    }
+    env = (
+        os.environ
+        | dict(settings or {})
+        | {
+            "COMMS_GRPC_PORT": str(grpc_port),
+            "COMMS_HTTP_PORT": str(http_port),
+            "COMMS_ADMIN_PORT": str(admin_port),
+            "COMMS_BIND_HOST": "127.0.0.1",
+            "COMMS_UPSTREAM_HOST": "127.0.0.1",
+            "COMMS_DATA_DIR": str(workdir),
+            "COMMS_DATABASE_URL": store.url,
+        }
+    )
     if "COMMS_AUTH_JWKS_PATH" not in env:
         env["COMMS_ENV"] = "development"
     token = _dev_token(env)
-    server_log, envoy_log = workdir / "server.log", workdir / "envoy.log"
-    with contextlib.ExitStack() as cleanup:
-        logs: list[IO[bytes]] = [
-            cleanup.enter_context(open(path, "wb")) for path in (server_log, envoy_log)
-        ]
-        server = subprocess.Popen([COMMS, "serve"], env=env, stdout=logs[0], stderr=logs[0])
-        cleanup.callback(_stop, server)
-        _wait_serving(server, f"127.0.0.1:{grpc_port}", server_log)
-        # Envoy's access log (stdout) is part of its work per request, but not worth keeping.
-        envoy = subprocess.Popen(
-            [COMMS, "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=logs[1]
-        )
-        cleanup.callback(_stop, envoy)
-        _wait_ready(envoy, admin_port, envoy_log)
-        yield Stack(store, grpc_port, http_port, server, envoy, token)
+    server = _spawn_server(env, workdir / "server.log")
+    try:
+        envoy = _spawn_envoy(env, workdir / "envoy.log")
+    except BaseException:
+        _stop(server)
+        raise
+    stack = Stack(store, grpc_port, http_port, admin_port, server, envoy, token, env, workdir)
+    try:
+        yield stack
+    finally:
+        _stop(stack.envoy)
+        _stop(stack.server)
