@@ -51,8 +51,9 @@ class Keys:
     def verifier(self) -> TokenVerifier:
         return TokenVerifier(self.jwks_path, ISSUER, AUDIENCE, leeway=30)
 
-    def token(self, key: str = "rsa", **claims: Any) -> str:
-        """A token with good claims unless overridden (a None value leaves the claim out)."""
+    def token(self, key: str = "rsa", kid: str | None = None, **claims: Any) -> str:
+        """A token with good claims unless overridden (a None value leaves the claim out),
+        signed with key ("rsa", "ec" or "stranger"), naming kid if given."""
         now = dt.datetime.now(dt.UTC)
         body: dict[str, Any] = {
             "iss": ISSUER,
@@ -64,9 +65,9 @@ class Keys:
         } | claims
         body = {k: v for k, v in body.items() if v is not None}
         if key == "ec":
-            return jwt.encode(body, self.ec, algorithm="ES256", headers={"kid": "ec-1"})
+            return jwt.encode(body, self.ec, algorithm="ES256", headers={"kid": kid or "ec-1"})
         signer = self.stranger if key == "stranger" else self.rsa
-        return jwt.encode(body, signer, algorithm="RS256", headers={"kid": "rsa-1"})
+        return jwt.encode(body, signer, algorithm="RS256", headers={"kid": kid or "rsa-1"})
 
     def unsigned_token(self) -> str:
         """alg none: no signature at all."""

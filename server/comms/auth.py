@@ -12,6 +12,8 @@ import contextvars
 import json
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +85,13 @@ class _Key:
 
 class TokenVerifier:
     """Verifies tokens against a JWKS file; reread when a token names a key not yet known,
-    so that keys can be rotated without a restart."""
+    so that keys can be rotated without a restart.
+
+    A verified token is remembered until its exp (at most CACHE_SIZE of them, and forgotten
+    when the keys are reread): a client sends the same token on every call, and checking its
+    signature each time was the largest cost of a create after the database."""
+
+    CACHE_SIZE = 4096
 
     def __init__(self, jwks_path: Path, issuer: str, audience: str, leeway: int = 30) -> None:
         self.jwks_path = jwks_path
@@ -93,6 +101,7 @@ class TokenVerifier:
         self._lock = threading.Lock()
         self._mtime = 0.0
         self._keys = self._load()
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     def _load(self) -> dict[str, _Key]:
         self._mtime = self.jwks_path.stat().st_mtime
@@ -113,6 +122,7 @@ class TokenVerifier:
         with self._lock:
             if kid not in self._keys and self.jwks_path.stat().st_mtime != self._mtime:
                 self._keys = self._load()
+                self._verified.clear()
             keys = self._keys
         if kid is None and len(keys) == 1:
             return next(iter(keys.values()))
@@ -121,6 +131,23 @@ class TokenVerifier:
         return keys[kid]
 
     def verify(self, token: str) -> Principal:
+        with self._lock:
+            known = self._verified.get(token)
+            if known is not None:
+                principal, expires = known
+                if time.time() < expires:
+                    self._verified.move_to_end(token)
+                    return principal
+                del self._verified[token]
+        principal, expires = self._check(token)
+        with self._lock:
+            self._verified[token] = (principal, expires)
+            if len(self._verified) > self.CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _check(self, token: str) -> tuple[Principal, float]:
+        """The caller and until when the token stays valid, or UNAUTHENTICATED."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -159,7 +186,7 @@ class TokenVerifier:
             raise unauthenticated("token signature is invalid") from None
         except jwt.InvalidTokenError:
             raise unauthenticated("malformed bearer token") from None
-        return _principal(claims)
+        return _principal(claims), float(claims["exp"]) + self.leeway
 
 
 def _principal(claims: dict[str, Any]) -> Principal:
