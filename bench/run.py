@@ -9,7 +9,9 @@ with a fresh database, so the CPU (utime + stime from /proc/<pid>/stat) and the 
 (VmHWM) in the table are theirs, not the harness's. Each cell: a warm-up, then the measured
 phase; in both, every connection finishes its last request before the cell ends, so the rows
 stored during a cell must equal the 2xx (gRPC: OK) answers counted. The exit status is 1 when
-any cell has an error or a count that does not match; the speed targets are only reported."""
+they differ (a create stored but not answered as one, or the reverse); failed answers (the
+service shedding load, say) are results, shown in the table with their statuses, and the speed
+targets are only reported."""
 
 from __future__ import annotations
 
@@ -108,10 +110,6 @@ class Cell:
     @property
     def rows_match(self) -> bool:
         return self.rows == self.answered_ok and self.steps == STEPS_PER_CREATE * self.rows
-
-    @property
-    def consistent(self) -> bool:
-        return self.errors == 0 and self.rows_match
 
     def error_kinds(self) -> dict[str, int]:
         """Failed answers by status, and requests that got none ("no answer")."""
@@ -304,8 +302,7 @@ def benchmark(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[st
         "",
         *target_lines(cells, stack.store.kind),
     ]
-    consistent = all(c.consistent for c in cells) and total_rows == total_ok
-    return "\n".join(lines), consistent
+    return "\n".join(lines), all(c.rows_match for c in cells) and total_rows == total_ok
 
 
 def soak(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
@@ -359,10 +356,10 @@ def soak(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bo
         change("creates/s", first.phase.rate, last.phase.rate),
         f"- peak RSS: server {_mib(last.server.peak_rss_kib)} MiB, "
         f"Envoy {_mib(last.envoy.peak_rss_kib)} MiB",
-        f"- rows stored {stored}, 2xx counted {answered}, errors {errors}"
-        f" ({'consistent' if stored == answered and errors == 0 else 'NOT CONSISTENT'})",
+        f"- errors {errors}; rows stored {stored}, 2xx counted {answered}"
+        f" ({'equal' if stored == answered else 'NOT EQUAL'})",
     ]  # fmt: skip
-    return "\n".join(lines), stored == answered and errors == 0
+    return "\n".join(lines), stored == answered
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -417,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         running_stack(store, Path(tmp)) as stack,
     ):
         description = machine_description(stack)
-        body, consistent = (soak if args.soak else benchmark)(stack, args, Path(tmp))
+        body, rows_match = (soak if args.soak else benchmark)(stack, args, Path(tmp))
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     kind = "soak" if args.soak else "benchmark"
     text = "\n".join(
@@ -442,9 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         log(f"written to {save(text, args.db, args.soak).relative_to(REPO)}")
     log(f"took {time.monotonic() - started:.0f} s")
-    if not consistent:
-        log("FAILED: errors, or rows stored that do not match the successes counted")
-    return 0 if consistent else 1
+    if not rows_match:
+        log("FAILED: the rows stored do not match the successes counted")
+    return 0 if rows_match else 1
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ class Store:
         with contextlib.closing(psycopg2.connect(self.url)) as connection:
             with connection.cursor() as cursor:
                 cursor.execute(sql)
-                rows = cursor.fetchall()
+                rows: list[tuple[Any, ...]] = cursor.fetchall()
             connection.rollback()
         return rows
 
