@@ -31,6 +31,13 @@ class Settings:
     auth_issuer: str = ""
     auth_audience: str = ""
     auth_leeway_seconds: int = 30
+    # How long Envoy waits on a slow or idle HTTP client (seconds): for all the request
+    # headers, for the whole request, on a stream with no activity, and on a connection
+    # with no request. Not read from the environment: tests make them short.
+    gateway_headers_timeout: float = 10.0
+    gateway_request_timeout: float = 60.0
+    gateway_stream_idle_timeout: float = 30.0
+    gateway_idle_timeout: float = 300.0
 
     @property
     def resolved_database_url(self) -> str:

@@ -43,7 +43,16 @@ def render(settings: Settings) -> str:
         descriptor_path=descriptor_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
         max_body_bytes=MAX_BODY_BYTES,
+        headers_timeout=_duration(settings.gateway_headers_timeout),
+        request_timeout=_duration(settings.gateway_request_timeout),
+        stream_idle_timeout=_duration(settings.gateway_stream_idle_timeout),
+        idle_timeout=_duration(settings.gateway_idle_timeout),
     )
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a protobuf Duration in YAML: 10 -> "10s", 0.25 -> "0.25s"."""
+    return f"{seconds:g}s"
 
 
 def write_config(settings: Settings, directory: Path) -> Path:
