@@ -3,9 +3,17 @@
 
 local NS = "comms.gateway"  -- dynamic metadata namespace
 
--- gRPC status -> HTTP status and contract error code. Codes not listed here
--- (UNKNOWN, INTERNAL, DATA_LOSS, ...) become a generic 500 that leaks nothing.
+-- What a caller who is still waiting is told when the server drops its call
+-- unanswered (CANCELLED): grpc does that to calls that reach a server as it
+-- begins a graceful stop, before they run. Not the caller's doing, and not a
+-- bug: retry later, like any other unavailability.
+local DROPPED = "the comms service is unavailable, try again later"
+
+-- gRPC status -> HTTP status, contract error code, and a message to show
+-- instead of the server's. Codes not listed here (UNKNOWN, INTERNAL,
+-- DATA_LOSS, ...) become a generic 500 that leaks nothing.
 local GRPC_TO_HTTP = {
+  ["1"]  = {503, "unavailable", DROPPED},
   ["3"]  = {422, "validation_error"},
   ["4"]  = {504, "deadline_exceeded"},
   ["5"]  = {404, "not_found"},
@@ -163,7 +171,14 @@ function envoy_on_response(handle)
   headers:remove("x-error-code")
 
   local md = handle:streamInfo():dynamicMetadata():get(NS)
-  if not (md and md.caller == "http") then return end  -- gRPC callers get gRPC as is
+  if not (md and md.caller == "http") then
+    -- gRPC callers get gRPC as is, but for a dropped call (see DROPPED).
+    if headers:get("grpc-status") == "1" then
+      headers:replace("grpc-status", "14")
+      headers:replace("grpc-message", DROPPED)
+    end
+    return
+  end
 
   -- A local 422 with a text body: a transcoder failure (400 turned into 422
   -- by local_reply_config) or one of ours above. Give it the JSON shape.
@@ -197,7 +212,7 @@ function envoy_on_response(handle)
     status, code = map[1], map[2]
     if error_code and error_code:match("^[%l_]+$") then code = error_code end
     if http_code and http_code:match("^[45]%d%d$") then status = tonumber(http_code) end
-    message = grpc_message:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    message = map[3] or grpc_message:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
     if message == "" then message = (code:gsub("_", " ")) end
   end
   headers:replace(":status", tostring(status))
