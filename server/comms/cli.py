@@ -59,7 +59,9 @@ def _forget_old_idempotency_keys(database: pw.Database) -> None:
     while True:
         try:
             with database.connection_context():
-                purged = store.purge_idempotency(convert.utc_now() - IDEMPOTENCY_RETENTION)
+                purged = store.purge_idempotency(
+                    database, convert.utc_now() - IDEMPOTENCY_RETENTION
+                )
             if purged:
                 log.info("forgot %d idempotency keys older than %s", purged, IDEMPOTENCY_RETENTION)
         except pw.DatabaseError as error:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import peewee as pw
 from playhouse import db_url
 
-from comms import migrations, models
+from comms import migrations
 
 # WAL lets reads run beside the single writer; synchronous=FULL makes every commit
 # durable before the client hears 201; the busy timeout queues writers instead of failing.
@@ -18,7 +18,7 @@ _POOLED = {"sqlite": "sqlite+pool", "postgres": "postgres+pool", "postgresql": "
 def open_database(
     url: str, max_connections: int = 32, sqlite_busy_timeout_ms: int = 5000
 ) -> pw.Database:
-    """A pooled Peewee database for a sqlite:/// or postgresql:// URL, bound to the models.
+    """A pooled Peewee database for a sqlite:/// or postgresql:// URL.
 
     Every call opens a connection from the pool and gives it back, so idle threads hold none."""
     scheme = urlsplit(url).scheme
@@ -36,7 +36,6 @@ def open_database(
             "check_same_thread": False,
         }
     database: pw.Database = db_url.connect(pooled_url, **options)
-    database.bind(models.MODELS)
     return database
 
 

@@ -1,4 +1,5 @@
-"""Peewee models of the stored sequences. They carry no database: db.bind() attaches one."""
+"""Peewee models of the stored rows. They carry no database: every query names its own
+(see store.py), so that one process may hold several (tests do)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,3 @@ class SecretRow(pw.Model):
 
     class Meta:
         table_name = "comms_secrets"
-
-
-MODELS: list[type[pw.Model]] = [SequenceRow, StepRow, IdempotencyRow, SecretRow]

@@ -15,7 +15,7 @@ import grpc
 import peewee as pw
 from google.rpc import error_details_pb2
 
-from comms import auth, convert, paging, store, validation
+from comms import auth, convert, paging, store, validation, writer
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -57,6 +57,20 @@ def not_found(sequence_id: str) -> RpcFailure:
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
+def _what_failed(error: BaseException) -> str:
+    """The error and those it was raised while handling, earliest first ("A; then B"). A
+    rollback that fails in turn must not hide what went wrong: after a full disk SQLite has
+    already rolled back, and a killed PostgreSQL connection cannot roll back."""
+    messages: list[str] = []
+    cause: BaseException | None = error
+    while cause is not None and len(messages) < 5:
+        text = " ".join(str(cause).split())
+        if text and text not in messages:
+            messages.append(text)
+        cause = cause.__context__
+    return "; then ".join(reversed(messages))
+
+
 def _answers_errors(handler: Handler) -> Handler:
     """Turn every failure into a deliberate gRPC status: a caller never sees a stack trace or
     grpcio's 'Exception calling application' text, and a store outage reads as UNAVAILABLE."""
@@ -68,7 +82,7 @@ def _answers_errors(handler: Handler) -> Handler:
         except RpcFailure as failure:
             context.abort_with_status(failure.status)
         except (pw.OperationalError, pw.InterfaceError) as error:
-            log.warning("%s: store unavailable: %s", handler.__name__, error)
+            log.warning("%s: store unavailable: %s", handler.__name__, _what_failed(error))
             unavailable = RpcFailure(
                 grpc.StatusCode.UNAVAILABLE, "the store is unavailable; retry later"
             )
@@ -147,6 +161,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
     def __init__(self, database: pw.Database) -> None:
         self._db = database
         self._page_secret: bytes | None = None
+        self._transact = writer.transactions(database)
 
     @_answers_errors
     def CreateSequence(
@@ -160,42 +175,46 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
             raise invalid_argument(violations)
         now = convert.utc_now()
         sequence, steps = convert.rows_from_request(request, now)
-        if not key:
-            with self._db.connection_context(), self._db.atomic():
-                store.insert_sequence(sequence, steps)
-                _still_wanted(context, deadline)
-            return _created(context, (sequence, steps), replayed=False)
-
         caller = hashlib.sha256(auth.current_principal().subject.encode()).hexdigest()
-        fingerprint = _fingerprint(request)
-        with self._db.connection_context():
-            try:
-                with self._db.atomic():
-                    prior = store.find_idempotency(caller, request.brand_id, key)
-                    if prior is not None and prior.created_at < now - IDEMPOTENCY_RETENTION:
-                        store.delete_idempotency(prior)
-                        prior = None
-                    if prior is None:
-                        # The key row first: a concurrent create with this key waits on it.
-                        store.insert_idempotency(
-                            caller, request.brand_id, key, fingerprint, sequence["id"], now
-                        )
-                        store.insert_sequence(sequence, steps)
-                        _still_wanted(context, deadline)
-            except pw.IntegrityError:
-                # A concurrent create with the same key committed first: answer as it did.
-                prior = store.find_idempotency(caller, request.brand_id, key)
-                if prior is None:
-                    raise
-            if prior is None:
-                return _created(context, (sequence, steps), replayed=False)
-            if prior.request_hash != fingerprint:
-                raise RpcFailure(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the idempotency key {key!r} was already used with a different request",
-                    metadata=[(ERROR_CODE_HEADER, "idempotency_key_reused")],
+        fingerprint = _fingerprint(request) if key else ""
+
+        def store_it() -> Any:
+            """In the transaction: the earlier create with this key, or None once stored."""
+            if key:
+                prior = store.find_idempotency(self._db, caller, request.brand_id, key)
+                if prior is not None and prior["created_at"] < now - IDEMPOTENCY_RETENTION:
+                    store.delete_idempotency(self._db, caller, request.brand_id, key)
+                    prior = None
+                if prior is not None:
+                    return prior
+                # The key row first: a concurrent create with this key waits on it.
+                store.insert_idempotency(
+                    self._db, caller, request.brand_id, key, fingerprint, sequence["id"], now
                 )
-            original = store.get_sequence(prior.sequence_id)
+            store.insert_sequence(self._db, sequence, steps)
+            _still_wanted(context, deadline)
+            return None
+
+        try:
+            prior = self._transact(store_it)
+        except pw.IntegrityError:
+            if not key:
+                raise
+            # A concurrent create with the same key committed first: answer as it did.
+            with self._db.connection_context():
+                prior = store.find_idempotency(self._db, caller, request.brand_id, key)
+            if prior is None:
+                raise
+        if prior is None:
+            return _created(context, (sequence, steps), replayed=False)
+        if prior["request_hash"] != fingerprint:
+            raise RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the idempotency key {key!r} was already used with a different request",
+                metadata=[(ERROR_CODE_HEADER, "idempotency_key_reused")],
+            )
+        with self._db.connection_context():
+            original = store.get_sequence(self._db, prior["sequence_id"])
         if original is None:
             raise RpcFailure(grpc.StatusCode.INTERNAL, "internal error")
         return _created(context, original, replayed=True)
@@ -209,7 +228,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         except ValueError:
             raise not_found(request.id) from None
         with self._db.connection_context():
-            found = store.get_sequence(sequence_id)
+            found = store.get_sequence(self._db, sequence_id)
         # Another brand's sequence is "not found" to a brand-limited caller: no hint it exists.
         if found is None or not auth.current_principal().may_act_for(found[0]["brand_id"]):
             raise not_found(request.id)
@@ -232,7 +251,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
                     after = paging.decode(secret, request.brand_id, request.page_token)
                 except paging.PageTokenError as error:
                     raise invalid_argument([FieldViolation("page_token", str(error))]) from None
-            page = store.list_sequences(request.brand_id, after, size + 1)
+            page = store.list_sequences(self._db, request.brand_id, after, size + 1)
         response = pb.ListSequencesResponse(
             sequences=[convert.sequence_message(*found) for found in page[:size]]
         )
@@ -245,5 +264,5 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
 
     def _secret(self) -> bytes:
         if self._page_secret is None:
-            self._page_secret = store.page_token_secret()
+            self._page_secret = store.page_token_secret(self._db)
         return self._page_secret

@@ -1,4 +1,5 @@
-"""Every query the service runs, on the models; callers hold the connection and transaction."""
+"""Every query the service runs. Models carry no database: each query names the one it runs
+on, so that several databases can live in one process (tests) without a global binding."""
 
 from __future__ import annotations
 
@@ -16,13 +17,38 @@ from comms.paging import Cursor
 Found = tuple[Row, list[Row]]  # a sequence row and its step rows, by position
 
 
-def insert_sequence(sequence: Row, steps: list[Row]) -> None:
-    SequenceRow.insert(sequence).execute()
+class PreparedInsert:
+    """An INSERT of whole rows whose SQL is written once per database, not built per call:
+    building it with the query builder was the largest part of a create's CPU."""
+
+    def __init__(self, model: type[pw.Model]) -> None:
+        self._table = model._meta.table_name
+        self._fields = model._meta.sorted_fields
+
+    def run(self, database: pw.Database, rows: list[Row]) -> None:
+        columns = ", ".join(f'"{f.column_name}"' for f in self._fields)
+        marks = ", ".join([database.param] * len(self._fields))
+        sql = _sql_cache.setdefault(
+            (self._table, database.param),
+            f'INSERT INTO "{self._table}" ({columns}) VALUES ({marks})',
+        )
+        values = [[f.db_value(row[f.name]) for f in self._fields] for row in rows]
+        with pw.__exception_wrapper__:  # the driver's errors as peewee's, as for any query
+            database.cursor().executemany(sql, values)
+
+
+_sql_cache: dict[tuple[str, str], str] = {}
+SEQUENCE_INSERT = PreparedInsert(SequenceRow)
+STEP_INSERT = PreparedInsert(StepRow)
+
+
+def insert_sequence(database: pw.Database, sequence: Row, steps: list[Row]) -> None:
+    SEQUENCE_INSERT.run(database, [sequence])
     if steps:
-        StepRow.insert_many(steps).execute()
+        STEP_INSERT.run(database, steps)
 
 
-def _with_steps(sequences: list[Row]) -> list[Found]:
+def _with_steps(database: pw.Database, sequences: list[Row]) -> list[Found]:
     """The sequences, each with its steps, in two queries whatever their number."""
     if not sequences:
         return []
@@ -31,18 +57,21 @@ def _with_steps(sequences: list[Row]) -> list[Found]:
         .where(StepRow.sequence.in_([s["id"] for s in sequences]))
         .order_by(StepRow.sequence, StepRow.position)
         .dicts()
+        .execute(database)
     )
     by_sequence = {key: list(group) for key, group in groupby(steps, key=lambda s: s["sequence"])}
     return [(s, by_sequence.get(s["id"], [])) for s in sequences]
 
 
-def get_sequence(sequence_id: uuid.UUID) -> Found | None:
+def get_sequence(database: pw.Database, sequence_id: uuid.UUID) -> Found | None:
     rows: Any = SequenceRow.select().where(SequenceRow.id == sequence_id).dicts()
-    found = _with_steps(list(rows))
+    found = _with_steps(database, list(rows.execute(database)))
     return found[0] if found else None
 
 
-def list_sequences(brand_id: str, after: Cursor | None, limit: int) -> list[Found]:
+def list_sequences(
+    database: pw.Database, brand_id: str, after: Cursor | None, limit: int
+) -> list[Found]:
     """A brand's sequences newest first, ties broken by id, starting after the cursor."""
     query: Any = SequenceRow.select().where(SequenceRow.brand_id == brand_id)
     if after is not None:
@@ -55,18 +84,25 @@ def list_sequences(brand_id: str, after: Cursor | None, limit: int) -> list[Foun
             )
         )
     rows = query.order_by(SequenceRow.created_at.desc(), SequenceRow.id.desc()).limit(limit)
-    return _with_steps(list(rows.dicts()))
+    return _with_steps(database, list(rows.dicts().execute(database)))
 
 
-def find_idempotency(caller: str, brand_id: str, key: str) -> Any:
-    return IdempotencyRow.get_or_none(
+def _idempotency_key(caller: str, brand_id: str, key: str) -> Any:
+    return (
         (IdempotencyRow.caller == caller)
         & (IdempotencyRow.brand_id == brand_id)
         & (IdempotencyRow.key == key)
     )
 
 
+def find_idempotency(database: pw.Database, caller: str, brand_id: str, key: str) -> Row | None:
+    rows: Any = IdempotencyRow.select().where(_idempotency_key(caller, brand_id, key)).dicts()
+    found = list(rows.execute(database))
+    return found[0] if found else None
+
+
 def insert_idempotency(
+    database: pw.Database,
     caller: str,
     brand_id: str,
     key: str,
@@ -81,17 +117,24 @@ def insert_idempotency(
         request_hash=request_hash,
         sequence_id=sequence_id,
         created_at=now,
-    ).execute()
+    ).execute(database)
 
 
-def delete_idempotency(record: Any) -> None:
-    record.delete_instance()
+def delete_idempotency(database: pw.Database, caller: str, brand_id: str, key: str) -> None:
+    IdempotencyRow.delete().where(_idempotency_key(caller, brand_id, key)).execute(database)
 
 
-def purge_idempotency(before: dt.datetime) -> int:
+def purge_idempotency(database: pw.Database, before: dt.datetime) -> int:
     """Forget keys recorded before this time; returns how many."""
-    return int(IdempotencyRow.delete().where(IdempotencyRow.created_at < before).execute())
+    query = IdempotencyRow.delete().where(IdempotencyRow.created_at < before)
+    return int(query.execute(database))
 
 
-def page_token_secret() -> bytes:
-    return bytes.fromhex(SecretRow.get_by_id("page_token_key").value)
+def page_token_secret(database: pw.Database) -> bytes:
+    rows: Any = SecretRow.select(SecretRow.value).where(SecretRow.name == "page_token_key")
+    return bytes.fromhex(rows.scalar(database))
+
+
+def counts(database: pw.Database) -> tuple[int, int]:
+    """Rows stored: (sequences, steps)."""
+    return SequenceRow.select().count(database), StepRow.select().count(database)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import grpc
 import peewee as pw
 import pytest
 
-from comms import db, gateway, models
+from comms import db, gateway, store
 from comms.config import Settings
 from comms.server import Server, create_server
 from tests.conftest import STORES, fresh_database_url
@@ -137,18 +138,13 @@ class Stack:
     def counts(self) -> tuple[int, int]:
         """Rows stored: (sequences, steps)."""
         with self.database.connection_context():
-            return models.SequenceRow.select().count(), models.StepRow.select().count()
+            return store.counts(self.database)
 
     def stored(self, sequence_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with self.database.connection_context():
-            row = models.SequenceRow.select().where(models.SequenceRow.id == sequence_id).dicts()
-            steps = (
-                models.StepRow.select()
-                .where(models.StepRow.sequence == sequence_id)
-                .order_by(models.StepRow.position)
-                .dicts()
-            )
-            return row.get(), list(steps)
+            found = store.get_sequence(self.database, uuid.UUID(sequence_id))
+        assert found is not None, sequence_id
+        return found
 
 
 class _ClientCallDetails(NamedTuple):

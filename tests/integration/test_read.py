@@ -241,6 +241,7 @@ def test_ties_on_created_at_break_by_id(stack: Stack) -> None:
     with stack.database.connection_context(), stack.database.atomic():
         for sequence_id in ids:
             store.insert_sequence(
+                stack.database,
                 {
                     "id": sequence_id,
                     "brand_id": brand,
@@ -425,7 +426,7 @@ def test_expired_keys_are_forgotten(stack: Stack) -> None:
     with stack.database.connection_context():
         IdempotencyRow.update(created_at=convert.utc_now() - dt.timedelta(hours=49)).where(
             IdempotencyRow.key == "old-key", IdempotencyRow.brand_id == brand
-        ).execute()
+        ).execute(stack.database)
     again = _keyed(stack, brand, "old-key")
     assert again.status == 201 and "idempotent-replayed" not in again.headers
     assert again.json()["id"] != first["id"]

@@ -10,7 +10,7 @@ import peewee as pw
 import pytest
 from google.protobuf import json_format
 
-from comms import auth, convert, migrations, models
+from comms import auth, convert, migrations, models, store
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
 from tests.requests import valid_body
@@ -63,11 +63,14 @@ def _create(
 
 def _stored(database: pw.Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     with database.connection_context():
-        sequences = list(models.SequenceRow.select().order_by(models.SequenceRow.id).dicts())
+        sequences = list(
+            models.SequenceRow.select().order_by(models.SequenceRow.id).dicts().execute(database)
+        )
         steps = list(
             models.StepRow.select()
             .order_by(models.StepRow.sequence, models.StepRow.position)
             .dicts()
+            .execute(database)
         )
     return sequences, steps
 
@@ -116,7 +119,10 @@ def test_absent_and_empty_descriptions_stay_apart(database: pw.Database) -> None
     absent, _ = _create(database, body)
     empty, _ = _create(database, valid_body() | {"description": ""})
     with database.connection_context():
-        stored = {str(r["id"]): r["description"] for r in models.SequenceRow.select().dicts()}
+        stored = {
+            str(r["id"]): r["description"]
+            for r in models.SequenceRow.select().dicts().execute(database)
+        }
     assert stored == {absent.id: None, empty.id: ""}
     assert json_format.MessageToDict(absent)["description"] is None
     assert json_format.MessageToDict(empty)["description"] == ""
@@ -138,7 +144,7 @@ def test_failure_midway_leaves_no_row(
     def broken_insert_many(*_: Any, **__: Any) -> Any:
         raise pw.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(models.StepRow, "insert_many", broken_insert_many)
+    monkeypatch.setattr(store.STEP_INSERT, "run", broken_insert_many)
     with pytest.raises(grpc.RpcError):
         _create(database, valid_body())
     assert _stored(database) == ([], [])
@@ -159,7 +165,7 @@ def test_store_outage_is_unavailable_and_unexpected_errors_are_internal(
         def fail(*_: Any, **__: Any) -> Any:
             raise error  # noqa: B023 (used at once)
 
-        monkeypatch.setattr(models.SequenceRow, "insert", fail)
+        monkeypatch.setattr(store.SEQUENCE_INSERT, "run", fail)
         with pytest.raises(grpc.RpcError):
             _create(database, valid_body())
         context = _Context.last
@@ -173,16 +179,17 @@ def test_database_refuses_a_repeated_position(database: pw.Database) -> None:
     now = dt.datetime(2026, 1, 1)
     sequence_id = convert.new_id()
     with database.connection_context(), pytest.raises(pw.IntegrityError), database.atomic():
-        models.SequenceRow.insert(
-            id=sequence_id,
-            brand_id="b",
-            name="n",
-            description=None,
-            status="draft",
-            created_at=now,
-            updated_at=now,
-        ).execute()
-        models.StepRow.insert_many(
+        store.insert_sequence(
+            database,
+            {
+                "id": sequence_id,
+                "brand_id": "b",
+                "name": "n",
+                "description": None,
+                "status": "draft",
+                "created_at": now,
+                "updated_at": now,
+            },
             [
                 {
                     "id": convert.new_id(),
@@ -193,8 +200,8 @@ def test_database_refuses_a_repeated_position(database: pw.Database) -> None:
                     "delay_minutes": 0,
                 }
                 for _ in range(2)
-            ]
-        ).execute()
+            ],
+        )
     assert _stored(database) == ([], [])
 
 
@@ -248,4 +255,4 @@ def test_a_caller_gone_before_commit_gets_nothing_stored(
     assert (context.status.code, context.status.details) == (code, message)
     assert _stored(database) == ([], [])
     with database.connection_context():
-        assert models.IdempotencyRow.select().count() == 0
+        assert models.IdempotencyRow.select().count(database) == 0
