@@ -246,6 +246,9 @@ def machine_description(stack: Stack) -> list[str]:
         ["git", "-C", str(REPO), "status", "--porcelain", "--", "server", "gateway", "proto"]
     )
     settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("COMMS_")]
+    processes = usage(stack.server.pid).processes
+    if processes > 1:
+        settings.append(f"the server is {processes} processes (CPU and peak RSS are their sums)")
     if stack.token:
         settings.append("a bearer token checked on every call")
     return [
