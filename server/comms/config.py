@@ -22,6 +22,10 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str = ""
     grpc_workers: int = 16
+    # Server processes (0: one per core). With more than one, process i also listens on
+    # 127.0.0.1:(grpc_port + 1 + i), which is where the gateway sends its calls.
+    server_processes: int = 1
+    worker_index: int = -1  # set by the parent for each of several processes
     max_in_flight: int = 0  # 0: four per worker
     sqlite_busy_timeout_ms: int = 5000
     drain_seconds: float = 10.0
@@ -38,6 +42,13 @@ class Settings:
     gateway_request_timeout: float = 60.0
     gateway_stream_idle_timeout: float = 30.0
     gateway_idle_timeout: float = 300.0
+
+    @property
+    def upstream_ports(self) -> list[int]:
+        """The ports the gateway balances over: each process's own, or the one port."""
+        if self.server_processes == 1:
+            return [self.grpc_port]
+        return [self.grpc_port + 1 + i for i in range(self.server_processes)]
 
     @property
     def resolved_database_url(self) -> str:
@@ -66,6 +77,9 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     workers = _int(env, "COMMS_GRPC_WORKERS", Settings.grpc_workers)
     if workers < 1:
         raise ConfigError(f"COMMS_GRPC_WORKERS must be at least 1, got {workers}")
+    processes = _int(env, "COMMS_SERVER_PROCESSES", 0) or os.cpu_count() or 1
+    if not 1 <= processes <= 64:
+        raise ConfigError(f"COMMS_SERVER_PROCESSES must be from 1 to 64, got {processes}")
     max_in_flight = _int(env, "COMMS_MAX_IN_FLIGHT", Settings.max_in_flight)
     if max_in_flight < 0:
         raise ConfigError(f"COMMS_MAX_IN_FLIGHT must not be negative, got {max_in_flight}")
@@ -91,6 +105,8 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         data_dir=Path(env.get("COMMS_DATA_DIR", "").strip() or Settings.data_dir),
         database_url=env.get("COMMS_DATABASE_URL", "").strip(),
         grpc_workers=workers,
+        server_processes=processes,
+        worker_index=_int(env, "COMMS_WORKER_INDEX", -1),
         max_in_flight=max_in_flight,
         sqlite_busy_timeout_ms=busy,
         drain_seconds=float(drain),

@@ -39,7 +39,7 @@ def render(settings: Settings) -> str:
     return template.substitute(
         http_port=settings.http_port,
         admin_port=settings.admin_port,
-        upstream_endpoints=_endpoints(settings.upstream_host, [settings.grpc_port]),
+        upstream_endpoints=_endpoints(settings.upstream_host, settings.upstream_ports),
         descriptor_path=descriptor_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
         max_body_bytes=MAX_BODY_BYTES,

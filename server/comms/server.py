@@ -40,17 +40,23 @@ def create_server(
     verifier: TokenVerifier,
     workers: int = 16,
     max_in_flight: int | None = None,
+    also_listen: tuple[str, ...] = (),
+    share_port: bool = False,
 ) -> Server:
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
     needs a token that verifier accepts; health and reflection stay open.
 
     At most max_in_flight calls (default: four per worker) are running or queued; beyond
     that a call is refused at once with RESOURCE_EXHAUSTED, so overload cannot grow the
-    queue, the memory and everyone's latency without bound."""
+    queue, the memory and everyone's latency without bound.
+
+    share_port lets several processes listen on address together (SO_REUSEPORT: the kernel
+    spreads connections over them); otherwise a taken port is an error, not a silent share.
+    also_listen are more addresses, such as a process's own port for the gateway."""
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(verifier)],
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", int(share_port))],
         maximum_concurrent_rpcs=max_in_flight or 4 * workers,
     )
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
@@ -60,6 +66,8 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
     port = grpc_server.add_insecure_port(address)
+    for extra in also_listen:
+        grpc_server.add_insecure_port(extra)
     grpc_server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

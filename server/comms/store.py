@@ -33,7 +33,7 @@ class PreparedInsert:
             f'INSERT INTO "{self._table}" ({columns}) VALUES ({marks})',
         )
         values = [[f.db_value(row[f.name]) for f in self._fields] for row in rows]
-        with pw.__exception_wrapper__:  # the driver's errors as peewee's, as for any query
+        with pw.__exception_wrapper__:  # type: ignore[attr-defined]  # driver errors as peewee's
             database.cursor().executemany(sql, values)
 
 
