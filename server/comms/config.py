@@ -26,7 +26,7 @@ class Settings:
     # 127.0.0.1:(grpc_port + 1 + i), which is where the gateway sends its calls.
     server_processes: int = 1
     worker_index: int = -1  # set by the parent for each of several processes
-    max_in_flight: int = 0  # 0: four per worker
+    max_in_flight: int = 0  # 0: eight per worker
     sqlite_busy_timeout_ms: int = 5000
     drain_seconds: float = 10.0
     log_level: str = "INFO"

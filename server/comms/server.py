@@ -46,7 +46,7 @@ def create_server(
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
     needs a token that verifier accepts; health and reflection stay open.
 
-    At most max_in_flight calls (default: four per worker) are running or queued; beyond
+    At most max_in_flight calls (default: eight per worker) are running or queued; beyond
     that a call is refused at once with RESOURCE_EXHAUSTED, so overload cannot grow the
     queue, the memory and everyone's latency without bound.
 
@@ -57,7 +57,7 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(verifier)],
         options=[("grpc.so_reuseport", int(share_port))],
-        maximum_concurrent_rpcs=max_in_flight or 4 * workers,
+        maximum_concurrent_rpcs=max_in_flight or 8 * workers,
     )
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
     health_servicer = health.HealthServicer()
