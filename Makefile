@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GEN := server/comms/v1
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test bench build lint install clean
+.PHONY: run test bench chaos build lint install clean
 
 run: build
 	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
@@ -23,6 +23,11 @@ bench: build
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 		else echo "make bench needs wrk: apt-get install wrk (as root)" >&2; exit 1; fi; }
 	$(PY) -m bench.run $(ARGS)
+
+# Issue 7's faults, longer than in make test (README "Failure behaviour"): acknowledged vs
+# stored per fault; exits 1 if anything acknowledged was lost. ARGS="--seconds 30", "--db sqlite"
+chaos: build
+	$(PY) -m bench.chaos $(ARGS)
 
 install: $(STAMP)
 

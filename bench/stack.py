@@ -198,6 +198,7 @@ class Stack:
     token: str | None  # a bearer token the server accepts, if it asks for one
     env: dict[str, str]  # what both processes run with
     workdir: Path  # where server.log and envoy.log are written
+    access_log: bool = False  # Envoy's access log kept too, in access.log
 
     @property
     def grpc_target(self) -> str:
@@ -213,7 +214,7 @@ class Stack:
 
     def start_envoy(self) -> None:
         """Start Envoy again, on the same ports."""
-        self.envoy = _spawn_envoy(self.env, self.workdir / "envoy.log")
+        self.envoy = _spawn_envoy(self.env, self.workdir, self.access_log)
 
 
 def _dev_token(env: dict[str, str]) -> str | None:
@@ -286,10 +287,11 @@ def _spawn_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return server
 
 
-def _spawn_envoy(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    # Envoy's access log (stdout) is part of its work per request, but not worth keeping.
-    with open(log, "ab") as out:
-        envoy = subprocess.Popen([COMMS, "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=out)
+def _spawn_envoy(env: dict[str, str], workdir: Path, access_log: bool) -> subprocess.Popen[bytes]:
+    # Envoy's access log (stdout) is part of its work per request, kept only when asked for.
+    log, access = workdir / "envoy.log", workdir / "access.log" if access_log else os.devnull
+    with open(log, "ab") as out, open(access, "ab") as requests:
+        envoy = subprocess.Popen([COMMS, "gateway"], env=env, stdout=requests, stderr=out)
     try:
         _wait_ready(envoy, int(env["COMMS_ADMIN_PORT"]), log)
     except BaseException:
@@ -300,7 +302,10 @@ def _spawn_envoy(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 @contextlib.contextmanager
 def running_stack(
-    store: Store, workdir: Path, settings: Mapping[str, str] | None = None
+    store: Store,
+    workdir: Path,
+    settings: Mapping[str, str] | None = None,
+    access_log: bool = False,
 ) -> Iterator[Stack]:
     """`comms serve` and `comms gateway` (which becomes Envoy: same pid) as child processes.
     COMMS_* settings in the environment (COMMS_GRPC_WORKERS, ...) reach them, then those in
@@ -325,11 +330,13 @@ def running_stack(
     token = _dev_token(env)
     server = _spawn_server(env, workdir / "server.log")
     try:
-        envoy = _spawn_envoy(env, workdir / "envoy.log")
+        envoy = _spawn_envoy(env, workdir, access_log)
     except BaseException:
         _stop(server)
         raise
-    stack = Stack(store, grpc_port, http_port, admin_port, server, envoy, token, env, workdir)
+    stack = Stack(
+        store, grpc_port, http_port, admin_port, server, envoy, token, env, workdir, access_log
+    )
     try:
         yield stack
     finally:
