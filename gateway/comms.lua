@@ -53,18 +53,31 @@ end
 -- {} as one element, so only the raw body can tell. Returns "ok", "missing",
 -- "not_array", "malformed" for tokens JSON never allows but the transcoder
 -- accepts ('single quotes', unquoted keys: they would hide a "steps" key),
--- or nil when the body is not an object or is cut short (the transcoder
--- reports those with its own message).
+-- "refused" and a message for what the transcoder would misread silently
+-- (a null or list item of "steps": skipped or flattened; an empty key in
+-- the body or a step: read as the object itself), or nil when the body is
+-- not an object or is cut short (the transcoder reports those with its own
+-- message).
 local function steps_state(body)
   local i = body:find("%S")
   if not i or body:sub(i, i) ~= "{" then return nil end
   local depth, state, n = 0, "missing", #body
+  -- Where the steps array opens, whether we are in it, its current item.
+  local steps_at, in_steps, item, problem = nil, false, 0, nil
   while true do
     local j = body:find('["{}%[%]]', i)
     if not j then return nil end
     -- Between strings and brackets only JSON punctuation, numbers and
     -- true/false/null may appear.
-    if body:sub(i, j - 1):find("[^%s,:%d%.eE%+%-truefalsn]") then return "malformed" end
+    local gap = body:sub(i, j - 1)
+    if gap:find("[^%s,:%d%.eE%+%-truefalsn]") then return "malformed" end
+    if in_steps and depth == 2 then  -- between items of "steps"
+      local null_at = gap:find("null", 1, true)
+      item = item + select(2, gap:sub(1, (null_at or 0) - 1):gsub(",", ""))
+      if null_at then
+        problem = problem or string.format("steps[%d]: must be an object (got null)", item)
+      end
+    end
     local c = body:sub(j, j)
     if c == '"' then
       local k = j + 1
@@ -74,25 +87,34 @@ local function steps_state(body)
         if body:sub(q, q) == '"' then k = q break end
         k = q + 2
       end
-      if depth == 1 then  -- a depth-1 string followed by ':' is a key
-        local colon = body:find("%S", k + 1)
-        if colon and body:sub(colon, colon) == ":" and unescape_key(body:sub(j + 1, k - 1)) == "steps" then
-          local v = body:find("%S", colon + 1)
-          if not v then return nil end
-          local first = body:sub(v, v)
-          if first == "[" then state = "ok"
-          elseif body:sub(v, v + 3) == "null" then state = "missing"
-          else state = "not_array" end
-        end
+      local colon = body:find("%S", k + 1)
+      local is_key = colon and body:sub(colon, colon) == ":"
+      if is_key and k == j + 1 and (depth == 1 or (in_steps and depth == 3)) then
+        local where = depth == 1 and "body" or string.format("steps[%d]", item)
+        problem = problem or (where .. ": field names must not be empty")
+      end
+      if depth == 1 and is_key and unescape_key(body:sub(j + 1, k - 1)) == "steps" then
+        local v = body:find("%S", colon + 1)
+        if not v then return nil end
+        local first = body:sub(v, v)
+        if first == "[" then state, steps_at = "ok", v
+        elseif body:sub(v, v + 3) == "null" then state = "missing"
+        else state = "not_array" end
       end
       i = k + 1
     else
+      if in_steps and depth == 2 and c == "[" then
+        problem = problem or string.format("steps[%d]: must be an object (got a list)", item)
+      end
       depth = depth + ((c == "{" or c == "[") and 1 or -1)
       i = j + 1
+      if j == steps_at then in_steps, item = true, 0 end
+      if depth < 2 then in_steps = false end
       if depth < 0 then return nil end
       if depth == 0 then
         -- The object closed: only whitespace may follow.
         if body:find("%S", i) then return nil end
+        if problem then return "refused", problem end
         return state
       end
     end
@@ -151,8 +173,10 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "body: must be a JSON object")
     return
   end
-  local state = steps_state(text)
-  if state == "missing" then
+  local state, problem = steps_state(text)
+  if state == "refused" then
+    handle:respond({[":status"] = "422"}, problem)
+  elseif state == "missing" then
     handle:respond({[":status"] = "422"}, "steps: is required")
   elseif state == "not_array" then
     handle:respond({[":status"] = "422"}, "steps: must be an array")

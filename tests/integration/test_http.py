@@ -172,6 +172,15 @@ def test_protobuf_json_leniency_is_accepted(stack: Stack) -> None:
     }
 
 
+def test_null_reads_as_absent_for_optional_fields(stack: Stack) -> None:
+    """The OpenAPI document allows null wherever a field is optional."""
+    body = valid_body() | {"description": None, "request_id": None}
+    body["steps"][0] |= {"id": None, "sequence_id": None}
+    response = stack.envoy.post(body)
+    assert response.status == 201
+    assert response.json()["description"] is None
+
+
 # Refusals decided by the server: the message is exactly the server's.
 SERVER_REFUSALS = {
     "brand_id missing": (
@@ -278,6 +287,29 @@ GATEWAY_REFUSALS = {
         json.dumps(with_value("steps", [1])),
         "steps[0]: must be an object (got 1)",
     ),
+    # Found by make fuzz: the transcoder skipped a null step and flattened a nested list.
+    "step null": (
+        json.dumps(with_value("steps", [valid_body()["steps"][0], None])),
+        "steps[1]: must be an object (got null)",
+    ),
+    "step a list": (
+        json.dumps(with_value("steps", [valid_body()["steps"]])),
+        "steps[0]: must be an object (got a list)",
+    ),
+    # Found by make fuzz: the transcoder read an empty key as the object itself.
+    "empty key in the body": (
+        json.dumps(valid_body() | {"": 1}),
+        "body: field names must not be empty",
+    ),
+    "empty key in a step": (
+        json.dumps(with_value("steps", [*valid_body()["steps"], {"": {"position": 9}}])),
+        "steps[3]: field names must not be empty",
+    ),
+    # Found by make fuzz: output-only fields are ignored, but parsed with their type.
+    "output-only step id not a string": (
+        json.dumps(with_value("steps.0.id", {})),
+        "steps[0].id: must not be an object",
+    ),
 }
 
 
@@ -342,6 +374,16 @@ def test_other_methods_are_405(stack: Stack, method: str, path: str, allowed: st
         "message": f"method {method} is not allowed on {path}; allowed: {allowed}",
     }
     assert stack.counts() == before
+
+
+def test_query_without_content_type_is_400_saying_why(stack: Stack) -> None:
+    """Found by make fuzz: Envoy refuses it before routing, and its reply had no message."""
+    response = stack.envoy.request("QUERY", "/v1/sequences")
+    assert response.status == 400
+    assert _error(response) == {
+        "error": "bad_request",
+        "message": "malformed request: query_missing_content_type",
+    }
 
 
 def test_head_is_405_without_a_body(stack: Stack) -> None:
