@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GEN := server/comms/v1
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test bench chaos build lint install clean
+.PHONY: run test bench chaos openapi build lint install clean
 
 run: build
 	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
@@ -37,14 +37,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Python code and the descriptor set Envoy loads, both generated from proto/ (never committed).
-build: $(GEN)/api.binpb
+# Python code, the descriptor set Envoy loads and the OpenAPI document, all generated from
+# proto/ (never committed; openapi/openapi.json is a checked copy, see `make openapi`).
+build: $(GEN)/api.binpb $(GEN)/openapi.json
 
 $(GEN)/api.binpb: $(PROTOS) $(STAMP)
 	mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -Iproto -I"$$($(PY) -c 'import google.api, pathlib; print(pathlib.Path(google.api.__path__[0]).parents[1])')" \
 		--python_out=server --pyi_out=server --grpc_python_out=server \
 		--include_imports --include_source_info --descriptor_set_out=$@ $(PROTOS)
+
+$(GEN)/openapi.json: $(GEN)/api.binpb server/comms/openapi.py server/comms/validation.py
+	$(PY) -m comms.openapi $< -o $@
+
+# Refresh the committed copy of the document; a test fails while the two differ.
+openapi: $(GEN)/openapi.json
+	cp $< openapi/openapi.json
 
 lint: build
 	$(VENV)/bin/buf lint $(GEN)/api.binpb --path comms

@@ -16,12 +16,21 @@ GATEWAY_DIR = Path(__file__).resolve().parents[2] / "gateway"
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def descriptor_path() -> Path:
-    """The descriptor set built from proto/ by `make build`, beside the generated Python code."""
-    path = Path(str(resources.files("comms.v1") / "api.binpb"))
+def _generated(name: str) -> Path:
+    path = Path(str(resources.files("comms.v1") / name))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `make build` to generate it from proto/")
     return path
+
+
+def descriptor_path() -> Path:
+    """The descriptor set built from proto/ by `make build`, beside the generated Python code."""
+    return _generated("api.binpb")
+
+
+def openapi_path() -> Path:
+    """The OpenAPI document `make build` generates from the descriptor set (comms.openapi)."""
+    return _generated("openapi.json")
 
 
 def _endpoints(host: str, ports: list[int]) -> str:
@@ -41,6 +50,7 @@ def render(settings: Settings) -> str:
         admin_port=settings.admin_port,
         upstream_endpoints=_endpoints(settings.upstream_host, settings.upstream_ports),
         descriptor_path=descriptor_path(),
+        openapi_path=openapi_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
         max_body_bytes=MAX_BODY_BYTES,
         headers_timeout=_duration(settings.gateway_headers_timeout),

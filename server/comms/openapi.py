@@ -1,0 +1,518 @@
+"""The HTTP API as an OpenAPI 3.1 document, generated from the descriptor set Envoy loads.
+
+Every method of every service in package comms.v1 with a google.api.http rule becomes an
+operation. Schemas follow what the gateway really prints and reads: proto field names
+(snake_case), enum value names, and the request rules of comms.validation. Proto doc comments
+become descriptions; text between (-- and --) is internal (AIP-192) and left out.
+
+    python -m comms.openapi [DESCRIPTOR_SET] [-o OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from google.api import annotations_pb2, field_behavior_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+from comms import gateway, validation
+from comms.v1 import options_pb2
+
+PACKAGE = "comms.v1"
+FD = descriptor_pb2.FieldDescriptorProto
+Schema = dict[str, Any]
+# The stubs type this extension as a plain field, which Extensions[] does not take.
+REQUIRED_SCOPE: Any = options_pb2.required_scope
+
+_NO_NUL = {"pattern": "^[^\\u0000]*$"}  # PostgreSQL cannot store U+0000
+_NAME = {"minLength": 1, "maxLength": validation.MAX_ID_CHARS, **_NO_NUL}
+_COUNT = {"minimum": 0}  # the top is int32's own maximum (a page size above it is clamped)
+# JSON Schema has no keyword for "no two items share a property value"; this extension says
+# it, and the seed test and the fuzz hooks (tests/fuzz) honour it.
+UNIQUE_BY = "x-unique-by"
+
+# What comms.validation enforces beyond each field's proto type, as JSON Schema keywords;
+# request schemas only (responses carry what was accepted). Keys are full field names.
+REQUEST_RULES: dict[str, Schema] = {
+    "comms.v1.CreateSequenceRequest.brand_id": _NAME,
+    "comms.v1.CreateSequenceRequest.name": _NAME,
+    "comms.v1.CreateSequenceRequest.description": {
+        "maxLength": validation.MAX_DESCRIPTION_CHARS,
+        **_NO_NUL,
+    },
+    "comms.v1.CreateSequenceRequest.steps": {
+        "maxItems": validation.MAX_STEPS,
+        UNIQUE_BY: "position",
+    },
+    # Empty means no key (proto3 cannot tell it from absent).
+    "comms.v1.CreateSequenceRequest.request_id": {
+        "maxLength": validation.MAX_IDEMPOTENCY_KEY_CHARS,
+        "pattern": "^[ -~]*$",
+    },
+    "comms.v1.ListSequencesRequest.brand_id": _NAME,
+    "comms.v1.ListSequencesRequest.page_size": _COUNT,
+    "comms.v1.Step.position": _COUNT,
+    "comms.v1.Step.template_key": _NAME,
+    "comms.v1.Step.delay_minutes": _COUNT,
+}
+
+# Fields whose JSON the proto type cannot tell: a Value can hold any JSON, this one holds a
+# string, or null for none.
+JSON_TYPES: dict[str, Schema] = {
+    "comms.v1.Sequence.description": {"type": ["string", "null"]},
+}
+
+_INT32 = {"type": "integer", "minimum": -validation.INT32_MAX - 1, "maximum": validation.INT32_MAX}
+_UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+_INT64 = {"type": "string", "format": "int64"}  # protobuf's JSON prints 64-bit integers as strings
+SCALARS: dict[int, Schema] = {
+    FD.TYPE_STRING: {"type": "string"},
+    FD.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+    FD.TYPE_BOOL: {"type": "boolean"},
+    FD.TYPE_DOUBLE: {"type": "number"},
+    FD.TYPE_FLOAT: {"type": "number"},
+    FD.TYPE_INT32: _INT32,
+    FD.TYPE_SINT32: _INT32,
+    FD.TYPE_SFIXED32: _INT32,
+    FD.TYPE_UINT32: _UINT32,
+    FD.TYPE_FIXED32: _UINT32,
+    FD.TYPE_INT64: _INT64,
+    FD.TYPE_SINT64: _INT64,
+    FD.TYPE_SFIXED64: _INT64,
+    FD.TYPE_UINT64: _INT64,
+    FD.TYPE_FIXED64: _INT64,
+}
+WELL_KNOWN: dict[str, Schema] = {
+    ".google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    ".google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
+    ".google.protobuf.FieldMask": {"type": "string"},
+    ".google.protobuf.Empty": {"type": "object"},
+    ".google.protobuf.Struct": {"type": "object"},
+    ".google.protobuf.ListValue": {"type": "array"},
+    ".google.protobuf.Value": {},
+}
+
+# Every error body is {error, message}: (status, its error codes, when) of each the gateway
+# sends, and the headers that come with it.
+ERRORS: list[tuple[int, tuple[str, ...], str]] = [
+    (400, ("bad_request",), "HTTP itself refused the request (malformed), before any route."),
+    (404, ("not_found",), "No route for this path, or no such resource."),
+    (405, ("method_not_allowed",), "The path does not serve this method."),
+    (408, ("request_timeout",), "The request did not arrive in time."),
+    (413, ("payload_too_large",), f"The body is over {gateway.MAX_BODY_BYTES} bytes."),
+    (
+        422,
+        ("validation_error", "idempotency_key_reused"),
+        "The request breaks a rule: malformed JSON, not an object, a wrong type, a missing or "
+        "empty required field, a number out of range, an unknown enum value, a repeated "
+        "position. The message names each field by its path (steps[2].channel) and the rule. "
+        "`idempotency_key_reused`: the idempotency key came before with another body.",
+    ),
+    (431, ("headers_too_large",), "The request headers are too large."),
+    (500, ("internal",), "A bug on the service's side; the message says only `internal error`."),
+    (503, ("unavailable",), "The service or its store cannot be reached, or sheds load: retry."),
+    (504, ("deadline_exceeded",), "The service did not answer in time."),
+]
+AUTH_ERRORS: list[tuple[int, tuple[str, ...], str]] = [
+    (401, ("unauthenticated",), "The bearer token is missing, malformed, expired or not trusted."),
+    (403, ("permission_denied",), "The token lacks the operation's scope, or the brand."),
+]
+ERROR_HEADERS: dict[int, tuple[str, str]] = {
+    405: ("Allow", "The methods the path serves."),
+    401: ("WWW-Authenticate", "The Bearer challenge, saying what is wrong with the token."),
+}
+SECURITY_SCHEME = "bearer"
+
+
+def _comment(text: str) -> str:
+    """A proto doc comment as one paragraph, without its (-- internal --) parts."""
+    text = re.sub(r"\(--.*?--\)", "", text, flags=re.DOTALL)
+    return " ".join(text.split())
+
+
+def _or_null(schema: Schema) -> Schema:
+    """The schema, also allowing null: protobuf's JSON mapping reads null as absent."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    if isinstance(kind, str):
+        nullable = {**schema, "type": [kind, "null"]}
+        if "enum" in schema:
+            nullable["enum"] = [*schema["enum"], None]
+        return nullable
+    rest = {k: v for k, v in schema.items() if k != "description"}
+    return _described({"anyOf": [rest, {"type": "null"}]}, schema.get("description", ""))
+
+
+def _described(schema: Schema, text: str) -> Schema:
+    return {"description": text, **schema} if text else schema
+
+
+class Descriptors:
+    """Messages, enums and doc comments of a descriptor set, by full name (".pkg.Name")."""
+
+    def __init__(self, files: descriptor_pb2.FileDescriptorSet) -> None:
+        self.files = list(files.file)
+        self.messages: dict[str, descriptor_pb2.DescriptorProto] = {}
+        self.enums: dict[str, descriptor_pb2.EnumDescriptorProto] = {}
+        self.comments: dict[str, str] = {}  # full name (fields: ".pkg.Msg.field") -> comment
+        for file in self.files:
+            notes = {
+                tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location
+            }
+            prefix = f".{file.package}" if file.package else ""
+            for i, message in enumerate(file.message_type):
+                self._add_message(prefix, message, (4, i), notes)
+            for i, enum in enumerate(file.enum_type):
+                self._add_enum(prefix, enum, (5, i), notes)
+            for i, service in enumerate(file.service):
+                name = f"{prefix}.{service.name}"
+                self._note(name, notes, (6, i))
+                for j, method in enumerate(service.method):
+                    self._note(f"{name}.{method.name}", notes, (6, i, 2, j))
+
+    def _note(self, name: str, notes: dict[tuple[int, ...], str], path: tuple[int, ...]) -> None:
+        text = _comment(notes.get(path, ""))
+        if text:
+            self.comments[name] = text
+
+    def _add_message(
+        self,
+        prefix: str,
+        message: descriptor_pb2.DescriptorProto,
+        path: tuple[int, ...],
+        notes: dict[tuple[int, ...], str],
+    ) -> None:
+        name = f"{prefix}.{message.name}"
+        self.messages[name] = message
+        self._note(name, notes, path)
+        for k, field in enumerate(message.field):
+            self._note(f"{name}.{field.name}", notes, (*path, 2, k))
+        for k, nested in enumerate(message.nested_type):
+            self._add_message(name, nested, (*path, 3, k), notes)
+        for k, enum in enumerate(message.enum_type):
+            self._add_enum(name, enum, (*path, 4, k), notes)
+
+    def _add_enum(
+        self,
+        prefix: str,
+        enum: descriptor_pb2.EnumDescriptorProto,
+        path: tuple[int, ...],
+        notes: dict[tuple[int, ...], str],
+    ) -> None:
+        name = f"{prefix}.{enum.name}"
+        self.enums[name] = enum
+        self._note(name, notes, path)
+
+    def services(self) -> Iterator[tuple[str, descriptor_pb2.ServiceDescriptorProto]]:
+        for file in self.files:
+            if file.package == PACKAGE:
+                for service in file.service:
+                    yield f".{file.package}.{service.name}", service
+
+
+def _behaviors(field: descriptor_pb2.FieldDescriptorProto) -> set[int]:
+    return set(field.options.Extensions[field_behavior_pb2.field_behavior])
+
+
+class Builder:
+    """Builds the document; message schemas go to components, one per message and view."""
+
+    def __init__(self, descriptors: Descriptors) -> None:
+        self.d = descriptors
+        self.schemas: dict[str, Schema] = {}
+        self.request_types: set[str] = set()
+
+    # Schemas. The input view requires REQUIRED fields and adds the request rules; the output
+    # view requires every field (the gateway always prints every key). OUTPUT_ONLY fields are
+    # readOnly in both: a request need not send them, and tools leave them out of request
+    # models; one that is sent is ignored but still parsed, so it keeps its type.
+
+    def component(self, type_name: str, output: bool) -> str:
+        """The name of the message's schema in components, built on first use."""
+        short = type_name.rsplit(".", 1)[-1]
+        name = short if output or type_name in self.request_types else f"{short}Input"
+        if name not in self.schemas:
+            self.schemas[name] = {}  # placeholder: recursive messages refer to it
+            self.schemas[name] = self.message_schema(type_name, output)
+        return name
+
+    def ref(self, type_name: str, output: bool) -> Schema:
+        if type_name in WELL_KNOWN:
+            return dict(WELL_KNOWN[type_name])
+        return {"$ref": f"#/components/schemas/{self.component(type_name, output)}"}
+
+    def message_schema(
+        self, type_name: str, output: bool, skip: frozenset[str] = frozenset()
+    ) -> Schema:
+        message = self.d.messages[type_name]
+        properties: Schema = {}
+        required: list[str] = []
+        for field in message.field:
+            if field.name in skip:
+                continue
+            behaviors = _behaviors(field)
+            prop = self.field_schema(type_name, field, output)
+            if field_behavior_pb2.OUTPUT_ONLY in behaviors:
+                prop["readOnly"] = True
+            if output or field_behavior_pb2.REQUIRED in behaviors:
+                required.append(field.name)
+            else:
+                prop = _or_null(prop)
+            properties[field.name] = prop
+        schema: Schema = {"type": "object", "properties": properties}
+        if required:
+            schema["required"] = required
+        if not output:
+            # An empty key would be misread as the object itself; comms.lua refuses it.
+            schema["propertyNames"] = {"minLength": 1}
+        return _described(schema, self.d.comments.get(type_name, ""))
+
+    def field_schema(
+        self, type_name: str, field: descriptor_pb2.FieldDescriptorProto, output: bool
+    ) -> Schema:
+        full = f"{type_name}.{field.name}"[1:]
+        entry = self.d.messages.get(field.type_name)
+        if entry is not None and entry.options.map_entry:
+            _, value = entry.field
+            schema: Schema = {"type": "object", "additionalProperties": self.value(value, output)}
+        elif field.label == FD.LABEL_REPEATED:
+            schema = {"type": "array", "items": self.value(field, output)}
+        else:
+            schema = self.value(field, output)
+        schema |= JSON_TYPES.get(full, {})
+        if not output:
+            schema |= REQUEST_RULES.get(full, {})
+        return _described(schema, self.d.comments.get(f"{type_name}.{field.name}", ""))
+
+    def value(self, field: descriptor_pb2.FieldDescriptorProto, output: bool) -> Schema:
+        """One value of the field: a scalar, an enum word or a message."""
+        if field.type == FD.TYPE_MESSAGE:
+            return self.ref(field.type_name, output)
+        if field.type == FD.TYPE_ENUM:
+            enum = self.d.enums[field.type_name]
+            # The zero value (*_UNSPECIFIED) means "not set": never valid, never printed.
+            return {"type": "string", "enum": [v.name for v in enum.value if v.number != 0]}
+        return dict(SCALARS[field.type])
+
+    # Operations.
+
+    def operation(
+        self,
+        service_name: str,
+        method: descriptor_pb2.MethodDescriptorProto,
+        rule: http_pb2.HttpRule,
+    ) -> tuple[str, str, Schema]:
+        """(path, method, operation) for one HTTP rule of the method."""
+        verb = rule.WhichOneof("pattern")
+        if verb is None or verb == "custom":
+            raise ValueError(
+                f"{method.name}: only get, put, post, delete and patch rules are supported"
+            )
+        template: str = getattr(rule, verb)
+        path, path_fields = _path(template, method.name)
+        request = self.d.messages[method.input_type]
+        fields = {f.name: f for f in request.field}
+        for name in path_fields:
+            if name not in fields:
+                raise ValueError(f"{method.name}: {template} names {name}, not a request field")
+
+        operation: Schema = {
+            "operationId": method.name,
+            "tags": [service_name.rsplit(".", 1)[-1]],
+        }
+        operation = _described(operation, self.d.comments.get(f"{service_name}.{method.name}", ""))
+        parameters = [
+            self.parameter(method.input_type, fields[name], "path") for name in path_fields
+        ]
+        if rule.body == "*":
+            self.request_types.add(method.input_type)
+            body = (
+                self.message_schema(method.input_type, False, frozenset(path_fields))
+                if path_fields
+                else self.ref(method.input_type, False)
+            )
+        elif rule.body:
+            body = self.field_schema(method.input_type, fields[rule.body], False)
+        else:
+            body = None
+        # Fields neither in the path nor in the body are read from the query.
+        in_body = set(fields) if rule.body == "*" else {rule.body} - {""}
+        parameters += [
+            self.parameter(method.input_type, field, "query")
+            for field in request.field
+            if field.name not in in_body
+            and field.name not in path_fields
+            and field_behavior_pb2.OUTPUT_ONLY not in _behaviors(field)
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        if body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": body}},
+            }
+
+        response = self.d.messages[method.output_type]
+        if rule.response_body:
+            field = next(f for f in response.field if f.name == rule.response_body)
+            result = self.field_schema(method.output_type, field, True)
+        else:
+            result = self.ref(method.output_type, True)
+        # The server asks the gateway for 201 and Location on creation (service.py).
+        created = verb == "post" and method.name.startswith("Create")
+        responses: Schema = {
+            "201" if created else "200": {
+                "description": "Created." if created else "OK.",
+                "content": {"application/json": {"schema": result}},
+            }
+        }
+        if created:
+            responses["201"]["headers"] = _header("Location", "Where the new resource is read.")
+        scope = method.options.Extensions[REQUIRED_SCOPE]
+        for status, codes, _ in sorted(ERRORS + (AUTH_ERRORS if scope else [])):
+            responses[str(status)] = {"$ref": f"#/components/responses/{codes[0]}"}
+        operation["responses"] = responses
+        if scope:
+            operation["security"] = [{SECURITY_SCHEME: [scope]}]
+        return path, verb, operation
+
+    def parameter(
+        self, type_name: str, field: descriptor_pb2.FieldDescriptorProto, where: str
+    ) -> Schema:
+        if field.type == FD.TYPE_MESSAGE and field.type_name not in WELL_KNOWN:
+            raise ValueError(
+                f"{field.name}: message fields as {where} parameters are not supported"
+            )
+        schema = self.field_schema(type_name, field, False)
+        parameter = _described({"name": field.name, "in": where}, schema.pop("description", ""))
+        if where == "path" or field_behavior_pb2.REQUIRED in _behaviors(field):
+            parameter["required"] = True
+        return parameter | {"schema": schema}
+
+
+def _path(template: str, method: str) -> tuple[str, list[str]]:
+    """An HTTP rule's path template as an OpenAPI path, and the fields it binds."""
+    fields: list[str] = []
+
+    def variable(match: re.Match[str]) -> str:
+        name, pattern = match.group(1), match.group(2)
+        if pattern not in (None, "*"):
+            raise ValueError(f"{method}: path segment pattern {{{name}={pattern}}} not supported")
+        fields.append(name)
+        return "{" + name + "}"
+
+    return re.sub(r"\{([a-z_][a-z0-9_]*)(?:=([^}]*))?\}", variable, template), fields
+
+
+def _header(name: str, description: str) -> Schema:
+    return {name: {"description": description, "required": True, "schema": {"type": "string"}}}
+
+
+def _error_response(status: int, codes: tuple[str, ...], when: str) -> Schema:
+    response: Schema = {
+        "description": f"`{codes[0]}`: {when}",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Error"},
+                        {"properties": {"error": {"enum": list(codes)}}},
+                    ]
+                }
+            }
+        },
+    }
+    if status in ERROR_HEADERS:
+        response["headers"] = _header(*ERROR_HEADERS[status])
+    return response
+
+
+def build(files: descriptor_pb2.FileDescriptorSet) -> Schema:
+    """The OpenAPI document of every HTTP rule of package comms.v1's services."""
+    descriptors = Descriptors(files)
+    builder = Builder(descriptors)
+    paths: dict[str, Schema] = {}
+    tags: list[Schema] = []
+    for service_name, service in descriptors.services():
+        comment = descriptors.comments.get(service_name, "")
+        tags.append({"name": service.name} | ({"description": comment} if comment else {}))
+        for method in service.method:
+            rule = method.options.Extensions[annotations_pb2.http]
+            for binding in [rule, *rule.additional_bindings]:
+                if binding.WhichOneof("pattern") is None:
+                    continue  # no HTTP rule: gRPC only
+                path, verb, operation = builder.operation(service_name, method, binding)
+                if verb in paths.setdefault(path, {}):
+                    raise ValueError(f"{verb.upper()} {path} is bound twice")
+                paths[path][verb] = operation
+    statuses = sorted(ERRORS + AUTH_ERRORS, key=lambda error: error[0])
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "comms",
+            "version": PACKAGE.rsplit(".", 1)[-1],
+            "description": (
+                "The HTTP/JSON API of the comms service, transcoded by its gateway into gRPC "
+                f"({PACKAGE}). Generated from the proto files; do not edit. Every error is "
+                "application/json {error, message}."
+            ),
+        },
+        "tags": tags,
+        "paths": paths,
+        "components": {
+            "schemas": {
+                **dict(sorted(builder.schemas.items())),
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {"type": "string", "description": "A stable snake_case code."},
+                        "message": {
+                            "type": "string",
+                            "description": "What is wrong, for a person.",
+                        },
+                    },
+                    "required": ["error", "message"],
+                },
+            },
+            "responses": {c[0]: _error_response(s, c, w) for s, c, w in statuses},
+            "securitySchemes": {
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An OAuth 2 access token; each operation names its scope.",
+                }
+            },
+        },
+    }
+
+
+def render(files: descriptor_pb2.FileDescriptorSet) -> str:
+    return json.dumps(build(files), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m comms.openapi", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("descriptor_set", nargs="?", type=Path, help="default: the built one")
+    parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    args = parser.parse_args(argv)
+    source: Path = args.descriptor_set or gateway.descriptor_path()
+    text = render(descriptor_pb2.FileDescriptorSet.FromString(source.read_bytes()))
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The OpenAPI document comms.openapi generates from the descriptor set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from comms import gateway, openapi, validation
+from comms.v1 import options_pb2
+from comms.v1 import sequences_pb2 as pb
+from tests.openapi_schema import Validator
+
+ROOT = Path(__file__).parents[2]
+DOC: dict[str, Any] = json.loads(gateway.openapi_path().read_text())
+SCHEMAS: dict[str, Any] = DOC["components"]["schemas"]
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _descriptors() -> descriptor_pb2.FileDescriptorSet:
+    return descriptor_pb2.FileDescriptorSet.FromString(gateway.descriptor_path().read_bytes())
+
+
+def _method(files: descriptor_pb2.FileDescriptorSet, name: str) -> Any:
+    return next(
+        method
+        for file in files.file
+        for service in file.service
+        for method in service.method
+        if method.name == name
+    )
+
+
+def test_the_committed_copy_is_the_generated_document() -> None:
+    committed = (ROOT / "openapi" / "openapi.json").read_text()
+    assert committed == gateway.openapi_path().read_text(), (
+        "openapi/openapi.json differs from the document generated from proto/: run `make openapi`"
+    )
+
+
+def test_the_command_writes_what_the_build_serves(tmp_path: Path) -> None:
+    out = tmp_path / "openapi.json"
+    assert openapi.main([str(gateway.descriptor_path()), "-o", str(out)]) == 0
+    assert out.read_text() == gateway.openapi_path().read_text()
+
+
+def test_every_http_rule_is_an_operation_with_its_scope() -> None:
+    """Checked against the generated Python descriptors, not the descriptor set."""
+    expected = set()
+    for service in pb.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            options = method.GetOptions()
+            rule = options.Extensions[annotations_pb2.http]
+            verb = rule.WhichOneof("pattern")
+            scope = options.Extensions[options_pb2.required_scope]
+            expected.add((getattr(rule, verb), verb, method.name, scope))
+    found = {
+        (path, verb, op["operationId"], op["security"][0]["bearer"][0])
+        for path, operations in DOC["paths"].items()
+        for verb, op in operations.items()
+    }
+    assert found == expected
+    assert ("/v1/sequences", "post", "CreateSequence", "sequences:write") in found
+
+
+def test_every_operation_lists_every_error_the_gateway_sends() -> None:
+    errors = ["400", "401", "403", "404", "405", "408", "413", "422", "431", "500", "503", "504"]
+    for path, operations in DOC["paths"].items():
+        for verb, op in operations.items():
+            success = "201" if op["operationId"] == "CreateSequence" else "200"
+            assert list(op["responses"]) == [success, *errors], (path, verb)
+    responses = DOC["components"]["responses"]
+    assert responses["validation_error"]["content"]["application/json"]["schema"] == {
+        "allOf": [
+            {"$ref": "#/components/schemas/Error"},
+            {"properties": {"error": {"enum": ["validation_error", "idempotency_key_reused"]}}},
+        ]
+    }
+    assert SCHEMAS["Error"]["required"] == ["error", "message"]
+    assert list(responses["method_not_allowed"]["headers"]) == ["Allow"]
+    assert list(responses["unauthenticated"]["headers"]) == ["WWW-Authenticate"]
+    created = DOC["paths"]["/v1/sequences"]["post"]["responses"]["201"]
+    assert list(created["headers"]) == ["Location"]
+    assert DOC["components"]["securitySchemes"] == {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An OAuth 2 access token; each operation names its scope.",
+        }
+    }
+
+
+def test_the_create_request_carries_the_validation_rules() -> None:
+    request = SCHEMAS["CreateSequenceRequest"]
+    assert list(request["properties"]) == ["brand_id", "name", "description", "steps", "request_id"]
+    assert request["required"] == ["brand_id", "name", "steps"]
+    assert request["propertyNames"] == {"minLength": 1}
+    brand_id = request["properties"]["brand_id"]
+    assert brand_id == {
+        "description": "brand_id is the brand the sequence belongs to (1 to 255 characters).",
+        "type": "string",
+        "minLength": 1,
+        "maxLength": validation.MAX_ID_CHARS,
+        "pattern": NO_NUL,
+    }
+    description = request["properties"]["description"]
+    assert (description["type"], description["maxLength"]) == (
+        ["string", "null"],
+        validation.MAX_DESCRIPTION_CHARS,
+    )
+    steps = request["properties"]["steps"]
+    assert (steps["type"], steps["maxItems"], steps["items"]) == (
+        "array",
+        validation.MAX_STEPS,
+        {"$ref": "#/components/schemas/StepInput"},
+    )
+    assert steps[openapi.UNIQUE_BY] == "position"
+
+
+def test_a_step_in_a_request_is_bounded_and_output_only_fields_are_read_only() -> None:
+    step = SCHEMAS["StepInput"]
+    props = step["properties"]
+    assert step["required"] == ["position", "channel", "template_key", "delay_minutes"]
+    assert props["id"]["readOnly"] is True and props["sequence_id"]["readOnly"] is True
+    for name in ("position", "delay_minutes"):
+        assert (props[name]["type"], props[name]["minimum"], props[name]["maximum"]) == (
+            "integer",
+            0,
+            validation.INT32_MAX,
+        )
+    assert (
+        props["channel"]["enum"] == list(validation.CHANNELS) == ["email", "sms", "push", "in_app"]
+    )
+    assert (props["template_key"]["minLength"], props["template_key"]["maxLength"]) == (
+        1,
+        validation.MAX_ID_CHARS,
+    )
+
+
+def test_responses_print_every_key() -> None:
+    sequence, step = SCHEMAS["Sequence"], SCHEMAS["Step"]
+    assert (
+        sequence["required"]
+        == list(sequence["properties"])
+        == [
+            "id",
+            "brand_id",
+            "name",
+            "description",
+            "status",
+            "created_at",
+            "updated_at",
+            "steps",
+        ]
+    )
+    assert step["required"] == list(step["properties"])
+    props = sequence["properties"]
+    assert props["description"]["type"] == ["string", "null"]
+    assert props["status"]["enum"] == ["draft"]
+    assert props["created_at"]["type"] == props["updated_at"]["type"] == "string"
+    assert props["created_at"]["format"] == "date-time"
+    assert props["id"]["readOnly"] is True
+    # Request rules describe requests only: what comes back was accepted.
+    assert "maxLength" not in props["name"]
+    position = step["properties"]["position"]
+    assert (position["minimum"], position["maximum"]) == (
+        -validation.INT32_MAX - 1,
+        validation.INT32_MAX,
+    )
+
+
+def test_reads_take_path_and_query_parameters() -> None:
+    get = DOC["paths"]["/v1/sequences/{id}"]["get"]
+    assert get["parameters"] == [
+        {
+            "name": "id",
+            "in": "path",
+            "description": "id is the sequence's id.",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    ]
+    listing = DOC["paths"]["/v1/sequences"]["get"]
+    assert [(p["name"], p["in"], p.get("required", False)) for p in listing["parameters"]] == [
+        ("brand_id", "query", True),
+        ("page_size", "query", False),
+        ("page_token", "query", False),
+    ]
+    assert listing["parameters"][1]["schema"] == {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": validation.INT32_MAX,
+    }
+    assert "requestBody" not in listing and "requestBody" not in get
+
+
+def test_a_method_without_scope_or_http_rule() -> None:
+    files = _descriptors()
+    _method(files, "GetSequence").options.ClearExtension(options_pb2.required_scope)
+    _method(files, "ListSequences").options.ClearExtension(annotations_pb2.http)
+    doc = openapi.build(files)
+    get = doc["paths"]["/v1/sequences/{id}"]["get"]
+    assert "security" not in get
+    assert "401" not in get["responses"] and "403" not in get["responses"]
+    assert list(doc["paths"]["/v1/sequences"]) == ["post"]  # gRPC only: no operation
+
+
+def test_additional_bindings_and_unsupported_templates() -> None:
+    files = _descriptors()
+    rule = _method(files, "GetSequence").options.Extensions[annotations_pb2.http]
+    rule.additional_bindings.add(get="/v1/drafts/{id=*}")
+    assert openapi.build(files)["paths"]["/v1/drafts/{id}"]["get"]["operationId"] == "GetSequence"
+    rule.additional_bindings[0].get = "/v1/{id=sequences/*}"
+    with pytest.raises(ValueError, match="path segment pattern"):
+        openapi.build(files)
+
+
+@pytest.mark.parametrize(
+    ("steps", "valid"),
+    [
+        ([{"position": 4}, {"position": 5}], True),
+        ([{"position": 4}, {"position": 4}], False),
+        ([{"position": 4}, {"position": 4.0}], False),  # one number
+        ([{"position": 1}, {"position": True}], True),  # true is not 1 (and not an integer)
+        ([{}, {}], True),
+    ],
+)
+def test_x_unique_by_is_enforced_by_the_test_validator(steps: list[Any], valid: bool) -> None:
+    schema = {"type": "array", openapi.UNIQUE_BY: "position"}
+    assert Validator(schema).is_valid(steps) is valid
