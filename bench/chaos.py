@@ -86,25 +86,34 @@ def steady_load(stack: Stack) -> CreateLoad:
     )
 
 
+@dataclass(frozen=True)
+class Strikes:
+    count: int
+    recovered: bool  # creates succeeded again, by themselves, after the last strike
+
+
 def strike_repeatedly(
     load: CreateLoad, seconds: float, every: float, strike: Callable[[], object]
-) -> int:
-    """Strike every `every` seconds for `seconds`; then wait until creates succeed again
-    over HTTP (the fault's effects are over); how many strikes."""
-    strikes, end = 0, time.monotonic() + seconds
+) -> Strikes:
+    """Strike every `every` seconds for `seconds`; then wait (10 s at most) until creates
+    succeed again over HTTP."""
+    count, end = 0, time.monotonic() + seconds
     while time.monotonic() + every < end:
         time.sleep(every)
         strike()
-        strikes += 1
+        count += 1
     time.sleep(max(0.0, end - time.monotonic()))
-    load.wait_for_more("201", 10)
-    return strikes
+    try:
+        load.wait_for_more("201", 10)
+    except TimeoutError:
+        return Strikes(count, recovered=False)
+    return Strikes(count, recovered=True)
 
 
 def judge(
     fault: str,
     stack: Stack,
-    strikes: int,
+    strikes: Strikes,
     answers: list[Answer],
     allowed: set[str],
     problems: list[str] | None = None,
@@ -114,11 +123,13 @@ def judge(
     """Answers against rows, and the answers against those the fault explains."""
     report = faults.check(stack.store, answers)
     problems = list(problems or [])
+    if not strikes.recovered:
+        problems.append("creates did not succeed again within 10 s of the last strike")
     if report.in_doubt and not doubt_allowed:
         problems.append(f"{report.in_doubt} creates in doubt")
     if unexplained := sorted(set(report.statuses) - allowed):
         problems.append(f"answers no fault explains: {unexplained}")
-    outcome = Outcome(fault, stack.store.kind, strikes, report, problems)
+    outcome = Outcome(fault, stack.store.kind, strikes.count, report, problems)
     log(f"  {report.summary()}" + "".join(f"; {p}" for p in problems))
     return outcome
 
@@ -194,7 +205,7 @@ def end_connections(kind: str, workdir: Path, args: argparse.Namespace) -> Outco
             ended += faults.terminate_backends(stack.store)
 
         strikes = strike_repeatedly(load, args.seconds, 0.5, strike)
-        log(f"  {ended} server connections terminated in {strikes} strikes")
+        log(f"  {ended} server connections terminated in {strikes.count} strikes")
         return judge("PostgreSQL connections killed", stack, strikes, load.stop(), SERVER_DOWN)
 
 
@@ -214,8 +225,9 @@ def lock_sqlite(kind: str, workdir: Path, args: argparse.Namespace) -> Outcome:
 
 
 def fill_disk(kind: str, workdir: Path, args: argparse.Namespace) -> Outcome:
-    """SQLite on an 8 MiB tmpfs; the disk is filled, left full for 2 s, then freed."""
-    with faults.small_disk(workdir / "disk", "8m") as disk:
+    """SQLite on a tmpfs big enough for the run's creates (4 MiB a second); the disk is
+    filled, left full for 2 s, freed, and 2 s later filled again."""
+    with faults.small_disk(workdir / "disk", f"{max(16, round(4 * args.seconds))}m") as disk:
         store = Store("sqlite", f"sqlite:///{disk / 'comms.db'}")
         with running_stack(store, workdir) as stack, steady_load(stack) as load:
 
@@ -321,11 +333,13 @@ def overload(kind: str, workdir: Path, args: argparse.Namespace) -> tuple[list[O
         windows.append(measure_window(stack, "at capacity", capacity, args.seconds))
         windows.append(measure_window(stack, "4 x capacity", OVERLOAD_CLIENTS, args.seconds))
         answers = windows[0].answers + windows[1].answers
-        outcomes.append(judge("overload, shed", stack, 0, answers, allowed))
+        outcomes.append(judge("overload, shed", stack, Strikes(0, True), answers, allowed))
     unlimited = workers | {"COMMS_MAX_IN_FLIGHT": "100000"}
     with stack_on(kind, workdir / "nolimit", args.postgres_url, True, **unlimited) as stack:
         windows.append(measure_window(stack, "4 x, no limit", OVERLOAD_CLIENTS, args.seconds))
-        outcomes.append(judge("overload, no limit", stack, 0, windows[-1].answers, allowed))
+        outcomes.append(
+            judge("overload, no limit", stack, Strikes(0, True), windows[-1].answers, allowed)
+        )
 
     header = [
         "window", "clients", "201/s", "201 p50 / p99 ms", "(at the client)", "503/s",
@@ -442,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                     outcomes.append(run(kind, Path(tmp), args))
                 except faults.MountError as error:
                     notes.append(f"{name}: NOT RUN, {error}")
+                    log(f"  {notes[-1]}")
+                except Exception as error:  # the stack itself failed: say so, go on
+                    notes.append(f"{name} on {kind}: FAILED, {type(error).__name__}: {error}")
                     log(f"  {notes[-1]}")
     overload_text = ""
     if "overload" in args.only:

@@ -14,6 +14,7 @@ runs and by tests/integration/test_faults.py for short ones.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import os
@@ -424,12 +425,21 @@ def small_disk(directory: Path, size: str) -> Iterator[Path]:
 
 
 def fill(directory: Path, leave_bytes: int) -> Path:
-    """A file that takes all the free space of directory's filesystem but leave_bytes."""
+    """A file that takes all the free space of directory's filesystem but leave_bytes (or
+    all of it, if the filesystem runs out first)."""
     path = directory / "filler"
     stat = os.statvfs(directory)
     size = max(0, stat.f_bavail * stat.f_frsize - leave_bytes)
-    with open(path, "wb") as out:
-        out.write(b"\0" * size)
+    chunk = b"\0" * (1 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while size > 0:
+            size -= os.write(fd, chunk[: min(size, len(chunk))])
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
     return path
 
 
