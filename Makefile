@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GEN := server/comms/v1
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test bench chaos openapi build lint install clean
+.PHONY: run test bench chaos fuzz openapi build lint install clean
 
 run: build
 	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
@@ -53,6 +53,11 @@ $(GEN)/openapi.json: $(GEN)/api.binpb server/comms/openapi.py server/comms/valid
 # Refresh the committed copy of the document; a test fails while the two differ.
 openapi: $(GEN)/openapi.json
 	cp $< openapi/openapi.json
+
+# Schemathesis against the /openapi.json a fresh stack serves (tests/fuzz); CI runs it.
+# ARGS go to `st run`, e.g. ARGS="--seed 7 --max-examples 500".
+fuzz: build
+	$(PY) -m tests.fuzz $(ARGS)
 
 lint: build
 	$(VENV)/bin/buf lint $(GEN)/api.binpb --path comms
