@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -40,6 +41,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports (`comms serve` with several processes
+    listens on its port and process i also on port+1+i). They are taken below the kernel's
+    range of ephemeral ports, where no client connection can take one before the server
+    binds it: in that range one did, and a server process failed to start again and again."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        first = random.randrange(10000, max(10001, low - count))
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
 
 
 # --- /proc ---------------------------------------------------------------------------------
@@ -311,7 +330,9 @@ def running_stack(
     COMMS_* settings in the environment (COMMS_GRPC_WORKERS, ...) reach them, then those in
     settings, except the ports, the data directory and the database, which are the
     benchmark's own. Whatever processes the stack has at the end are stopped."""
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    chosen = os.environ | dict(settings or {})
+    processes = int(chosen.get("COMMS_SERVER_PROCESSES") or 0) or os.cpu_count() or 1
+    grpc_port, http_port, admin_port = free_port_block(1 + processes), free_port(), free_port()
     env = (
         os.environ
         | dict(settings or {})
