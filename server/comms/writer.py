@@ -68,13 +68,33 @@ class GroupCommit:
                         with self._db.atomic():  # a savepoint: a failure undoes only this work
                             outcomes.append((done, work(), None))
                     except Exception as error:  # answered to its own caller below
+                        if not self._db.connection().in_transaction:
+                            # SQLite rolled the whole transaction back (a full disk, an I/O
+                            # error): the rest must not run in autocommit, each stored while
+                            # its caller is told it failed.
+                            raise _BatchLost(error) from error
                         outcomes.append((done, None, error))
+        except _BatchLost as lost:
+            self._fail(batch, lost.error)
+            return
         except Exception as error:  # BEGIN or COMMIT failed: nothing of the batch is stored
-            for _, done in batch:
-                done.set_exception(error)
+            self._fail(batch, error)
             return
         for done, result, failure in outcomes:
             if failure is None:
                 done.set_result(result)
             else:
                 done.set_exception(failure)
+
+    @staticmethod
+    def _fail(batch: list[tuple[Callable[[], Any], Future[Any]]], error: BaseException) -> None:
+        for _, done in batch:
+            done.set_exception(error)
+
+
+class _BatchLost(Exception):
+    """The transaction of a batch is gone, and with it everything the batch had written."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
