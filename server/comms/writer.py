@@ -11,10 +11,14 @@ concurrent transactions together by itself, so there the work runs in the caller
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -23,6 +27,7 @@ import peewee as pw
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
+CHECKPOINT_SECONDS = 1.0
 
 
 def transactions(database: pw.Database) -> Callable[[Callable[[], Any]], Any]:
@@ -41,8 +46,24 @@ def transactions(database: pw.Database) -> Callable[[Callable[[], Any]], Any]:
 class GroupCommit:
     def __init__(self, database: pw.Database) -> None:
         self._db = database
+        # Writers of other server processes queue on this file lock, which wakes the next
+        # one as soon as it is released; SQLite's own busy handler sleeps and polls instead
+        # (p99 188 ms at 16 connections with two processes, against 34 ms with one).
+        self._lock = os.open(f"{database.database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         threading.Thread(target=self._serve, name="writer", daemon=True).start()
+        threading.Thread(target=self._checkpoint, name="checkpoint", daemon=True).start()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database once a second, beside the writer: a PASSIVE
+        checkpoint takes no lock that writers wait on."""
+        while True:
+            time.sleep(CHECKPOINT_SECONDS)
+            try:
+                with self._db.connection_context():
+                    self._db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except pw.DatabaseError as error:
+                log.warning("WAL checkpoint failed (retried in %ss): %s", CHECKPOINT_SECONDS, error)
 
     def __call__(self, work: Callable[[], Any]) -> Any:
         done: Future[Any] = Future()
@@ -62,7 +83,7 @@ class GroupCommit:
     def _commit(self, batch: list[tuple[Callable[[], Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            with self._db.connection_context(), self._db.atomic():
+            with _locked(self._lock), self._db.connection_context(), self._db.atomic():
                 for work, done in batch:
                     try:
                         with self._db.atomic():  # a savepoint: a failure undoes only this work
@@ -90,6 +111,15 @@ class GroupCommit:
     def _fail(batch: list[tuple[Callable[[], Any], Future[Any]]], error: BaseException) -> None:
         for _, done in batch:
             done.set_exception(error)
+
+
+@contextlib.contextmanager
+def _locked(descriptor: int) -> Iterator[None]:
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 class _BatchLost(Exception):
