@@ -17,7 +17,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -27,7 +26,6 @@ import peewee as pw
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
-CHECKPOINT_SECONDS = 1.0
 
 
 def transactions(database: pw.Database) -> Callable[[Callable[[], Any]], Any]:
@@ -52,18 +50,6 @@ class GroupCommit:
         self._lock = os.open(f"{database.database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         threading.Thread(target=self._serve, name="writer", daemon=True).start()
-        threading.Thread(target=self._checkpoint, name="checkpoint", daemon=True).start()
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database once a second, beside the writer: a PASSIVE
-        checkpoint takes no lock that writers wait on."""
-        while True:
-            time.sleep(CHECKPOINT_SECONDS)
-            try:
-                with self._db.connection_context():
-                    self._db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            except pw.DatabaseError as error:
-                log.warning("WAL checkpoint failed (retried in %ss): %s", CHECKPOINT_SECONDS, error)
 
     def __call__(self, work: Callable[[], Any]) -> Any:
         done: Future[Any] = Future()
