@@ -54,6 +54,18 @@ def store(
 StartStack = Callable[..., Stack]
 
 
+def _load(stack: Stack, grpc_clients: int = 2) -> CreateLoad:
+    """A steady load of creates: 3 clients over HTTP through Envoy, and some over gRPC
+    straight to the server."""
+    return CreateLoad(
+        token=stack.token,
+        http_url=stack.http_url,
+        http_clients=3,
+        grpc_target=stack.grpc_target,
+        grpc_clients=grpc_clients,
+    )
+
+
 @pytest.fixture
 def start_stack(store: Store, tmp_path: Path) -> Iterator[StartStack]:
     """Starts `comms serve` and Envoy on the store with extra COMMS_* settings; both are
@@ -100,13 +112,7 @@ def test_kill_9_of_the_server_loses_no_acknowledged_create(start_stack: StartSta
     whole."""
     stack = start_stack()
     envoy = stack.envoy.pid
-    with CreateLoad(
-        token=stack.token,
-        http_url=stack.http_url,
-        http_clients=3,
-        grpc_target=stack.grpc_target,
-        grpc_clients=2,
-    ) as load:
+    with _load(stack) as load:
         load.wait_for_more("201", 20)
         load.wait_for_more("OK", 10)
         faults.crash(stack.server)
@@ -133,13 +139,7 @@ def test_kill_9_of_one_server_process_loses_no_acknowledged_create(
     """Under load, kill -9 one of the server's processes: its callers in flight get 503 /
     UNAVAILABLE, the others carry on, and `comms serve` starts it again."""
     stack = start_stack(COMMS_SERVER_PROCESSES="2")
-    with CreateLoad(
-        token=stack.token,
-        http_url=stack.http_url,
-        http_clients=3,
-        grpc_target=stack.grpc_target,
-        grpc_clients=2,
-    ) as load:
+    with _load(stack) as load:
         load.wait_for_more("201", 20)
         killed = faults.crash_one_child(stack.server)
         _wait_until(lambda: len(process_tree(stack.server.pid)) == 3 and killed not in
@@ -157,13 +157,7 @@ def test_kill_9_of_envoy_loses_no_acknowledged_create(start_stack: StartStack) -
     """Under load, kill -9 Envoy: HTTP callers lose their connection, gRPC callers of the
     server itself carry on; Envoy restarted on the same ports, HTTP resumes."""
     stack = start_stack()
-    with CreateLoad(
-        token=stack.token,
-        http_url=stack.http_url,
-        http_clients=3,
-        grpc_target=stack.grpc_target,
-        grpc_clients=1,
-    ) as load:
+    with _load(stack, grpc_clients=1) as load:
         load.wait_for_more("201", 20)
         stack.envoy.kill()
         stack.envoy.wait()
@@ -181,13 +175,7 @@ def test_sigterm_under_load_answers_every_create_it_stores(start_stack: StartSta
     """A graceful stop under load: the creates in flight commit and are answered, later ones
     are refused (503 / UNAVAILABLE), so no create is in doubt; the server exits 0."""
     stack = start_stack()
-    with CreateLoad(
-        token=stack.token,
-        http_url=stack.http_url,
-        http_clients=3,
-        grpc_target=stack.grpc_target,
-        grpc_clients=2,
-    ) as load:
+    with _load(stack) as load:
         load.wait_for_more("201", 20)
         load.wait_for_more("OK", 10)
         stack.server.send_signal(signal.SIGTERM)
@@ -235,13 +223,7 @@ def test_postgres_connection_killed_mid_create(start_stack: StartStack) -> None:
 @_only(["postgres"])
 def test_postgres_connections_killed_under_load(start_stack: StartStack) -> None:
     stack = start_stack()
-    with CreateLoad(
-        token=stack.token,
-        http_url=stack.http_url,
-        http_clients=3,
-        grpc_target=stack.grpc_target,
-        grpc_clients=2,
-    ) as load:
+    with _load(stack) as load:
         for _ in range(5):
             load.wait_for_more("201", 10)
             faults.terminate_backends(stack.store)
