@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,17 +272,23 @@ def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> N
     raise TimeoutError("comms serve did not start serving within 30 s")
 
 
-def _wait_ready(process: subprocess.Popen[bytes], admin_port: int, log: Path) -> None:
-    deadline = time.monotonic() + 30
+def wait_until_ok(
+    process: subprocess.Popen[Any],
+    url: str,
+    name: str,
+    seconds: float = 30,
+    details: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll url until it answers 200; fail at once, with details(), if process exits."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"Envoy exited with {process.returncode}:\n" + _log_tail(log))
-        url = f"http://127.0.0.1:{admin_port}/ready"
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{details()}")
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as answer:
             if answer.status == 200:
                 return
         time.sleep(0.05)
-    raise TimeoutError("Envoy was not ready within 30 s")
+    raise TimeoutError(f"{name} did not answer {url} within {seconds:.0f} s")
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -312,7 +318,8 @@ def _spawn_envoy(env: dict[str, str], workdir: Path, access_log: bool) -> subpro
     with open(log, "ab") as out, open(access, "ab") as requests:
         envoy = subprocess.Popen([COMMS, "gateway"], env=env, stdout=requests, stderr=out)
     try:
-        _wait_ready(envoy, int(env["COMMS_ADMIN_PORT"]), log)
+        ready = f"http://127.0.0.1:{env['COMMS_ADMIN_PORT']}/ready"
+        wait_until_ok(envoy, ready, "Envoy", details=lambda: _log_tail(log))
     except BaseException:
         _stop(envoy)
         raise

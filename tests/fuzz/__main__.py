@@ -6,40 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from bench.stack import free_port, wait_until_ok
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BIN = Path(sys.executable).parent
 READY_SECONDS = 30
 RUN_SECONDS = 600  # a bound on the whole schemathesis run; it normally takes far less
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, stack: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    while time.monotonic() < deadline:
-        if stack.poll() is not None:
-            raise RuntimeError(f"comms up exited with {stack.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {READY_SECONDS} s")
 
 
 def dev_token(env: dict[str, str]) -> str:
@@ -71,7 +49,7 @@ def main() -> int:
             )
         url = f"http://127.0.0.1:{http_port}/openapi.json"
         try:
-            wait_ready(url, stack)
+            wait_until_ok(stack, url, "comms up", READY_SECONDS)
             config = HERE / "schemathesis.toml"
             command = [BIN / "st", "--config-file", config, "run", url]
             command += ["--header", f"Authorization: Bearer {token}", *sys.argv[1:]]

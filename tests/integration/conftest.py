@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,17 +15,12 @@ import grpc
 import peewee as pw
 import pytest
 
+from bench.stack import free_port, wait_until_ok
 from comms import db, gateway, store
 from comms.config import Settings
 from comms.server import Server, create_server
 from tests.conftest import STORES, fresh_database_url
 from tests.tokens import Keys
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -57,21 +49,14 @@ class Envoy:
         envoy.wait_ready()
         return envoy
 
-    def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.settings.admin_port}/ready"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"envoy exited with {self.process.returncode}: {stderr}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError("envoy did not become ready")
+    def wait_ready(self) -> None:
+        stderr = self.process.stderr
+        wait_until_ok(
+            self.process,
+            f"http://127.0.0.1:{self.settings.admin_port}/ready",
+            "envoy",
+            details=lambda: stderr.read().decode() if stderr else "",
+        )
 
     def stop(self) -> None:
         self.process.terminate()
