@@ -247,6 +247,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
         self._scopes = required_scopes()
+        self._guarded: dict[str, Any] = {}
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -254,13 +255,19 @@ class AuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or details.method not in self._scopes:
             return handler  # health, reflection, or unknown (grpc answers UNIMPLEMENTED)
-        scope = self._scopes[details.method]
-        metadata = details.invocation_metadata
+        # Built once per method, not per call: this runs on grpc's polling thread.
+        guarded = self._guarded.get(details.method)
+        if guarded is None:
+            guarded = self._guarded[details.method] = self._guard(handler, details.method)
+        return guarded
+
+    def _guard(self, handler: Any, method: str) -> Any:
+        scope = self._scopes[method]
         serve = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                principal = self._authorize(metadata, scope)
+                principal = self._authorize(context.invocation_metadata(), scope)
             except RpcFailure as refusal:
                 context.abort_with_status(refusal.status)
             with serving_as(principal):
