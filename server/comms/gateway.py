@@ -14,6 +14,10 @@ from comms.config import Settings
 GATEWAY_DIR = Path(__file__).resolve().parents[2] / "gateway"
 # Fits the largest valid request (100 steps, every string at its limit and \u-escaped).
 MAX_BODY_BYTES = 1024 * 1024
+# Request headers, request line included, that Envoy accepts (beyond: 431): room for a
+# 16 KiB bearer token. The gRPC server's metadata limit is derived from it (server.py).
+MAX_HEADERS_KIB = 32
+MAX_HEADERS_COUNT = 100
 
 
 def _generated(name: str) -> Path:
@@ -53,6 +57,8 @@ def render(settings: Settings) -> str:
         openapi_path=openapi_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
         max_body_bytes=MAX_BODY_BYTES,
+        max_headers_kib=MAX_HEADERS_KIB,
+        max_headers_count=MAX_HEADERS_COUNT,
         headers_timeout=_duration(settings.gateway_headers_timeout),
         request_timeout=_duration(settings.gateway_request_timeout),
         stream_idle_timeout=_duration(settings.gateway_stream_idle_timeout),

@@ -10,6 +10,7 @@ import peewee as pw
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from comms import gateway
 from comms.auth import AuthInterceptor, TokenVerifier
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
@@ -18,6 +19,12 @@ from comms.v1 import sequences_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SequenceService"].full_name
+
+# Request metadata the server accepts, well above what the gateway forwards: its header
+# limit, plus the path again (the transcoder adds x-envoy-original-path), Envoy's own
+# headers and HPACK's 32 bytes per entry. Soft and hard limits are equal: between the
+# two, grpc-core refuses calls at random.
+MAX_METADATA_BYTES = 3 * gateway.MAX_HEADERS_KIB * 1024
 
 
 class Server:
@@ -56,7 +63,11 @@ def create_server(
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(verifier)],
-        options=[("grpc.so_reuseport", int(share_port))],
+        options=[
+            ("grpc.so_reuseport", int(share_port)),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+        ],
         maximum_concurrent_rpcs=max_in_flight or 8 * workers,
     )
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
