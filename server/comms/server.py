@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from comms import gateway
 from comms.auth import AuthInterceptor, TokenVerifier
 from comms.service import SequenceService
+from comms.unparsable import RefuseUnparsable
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 
@@ -62,7 +63,7 @@ def create_server(
     also_listen are more addresses, such as a process's own port for the gateway."""
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-        interceptors=[AuthInterceptor(verifier)],
+        interceptors=[AuthInterceptor(verifier), RefuseUnparsable()],
         options=[
             ("grpc.so_reuseport", int(share_port)),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),

@@ -1,6 +1,10 @@
-"""The request's edges, through the real Envoy: header sizes."""
+"""The request's edges, through the real Envoy: header sizes, and bytes that are not UTF-8
+in the path or query."""
 
 from __future__ import annotations
+
+import logging
+import urllib.parse
 
 import grpc
 import pytest
@@ -88,3 +92,68 @@ def test_a_query_string_just_within_the_limit_reaches_the_server(stack: Stack) -
         "error": "validation_error",
         "message": "page_token: is not a page token this service issued",
     }
+
+
+NOT_UTF8 = {
+    "path": ("/v1/sequences/%FF", "id"),
+    "path, cut short": ("/v1/sequences/caf%C3", "id"),
+    "query": ("/v1/sequences?brand_id=%FF", "brand_id"),
+    "query, second parameter": ("/v1/sequences?brand_id=b&page_token=%E2%82", "page_token"),
+}
+
+
+@pytest.mark.parametrize(("path", "field"), NOT_UTF8.values(), ids=NOT_UTF8.keys())
+def test_bytes_that_are_not_utf8_are_422_naming_the_field(
+    stack: Stack, path: str, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        response = stack.envoy.request("GET", path)
+    assert _error(response, 422) == {
+        "error": "validation_error",
+        "message": f"{field}: must be valid UTF-8",
+    }
+    assert [
+        r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR
+    ] == []
+
+
+def test_bytes_that_are_not_utf8_still_need_a_token(stack: Stack) -> None:
+    response = stack.envoy.request("GET", "/v1/sequences/%FF", headers={"Authorization": None})
+    assert _error(response, 401)["error"] == "unauthenticated"
+
+
+def test_valid_utf8_in_the_path_is_an_ordinary_id(stack: Stack) -> None:
+    response = stack.envoy.request("GET", "/v1/sequences/caf%C3%A9")
+    assert _error(response, 404) == {"error": "not_found", "message": "sequence 'café' not found"}
+
+
+@pytest.mark.parametrize("route", ["direct", "envoy"])
+def test_native_grpc_strings_that_are_not_utf8_are_invalid_argument(
+    stack: Stack, route: str
+) -> None:
+    """A client that serializes by hand can send any bytes; the create stores nothing."""
+    target = stack.grpc_target if route == "direct" else stack.envoy_target
+    create = stack.channel(target).unary_unary(
+        "/comms.v1.SequenceService/CreateSequence",
+        request_serializer=lambda raw: raw,
+        response_deserializer=lambda raw: raw,
+    )
+    request = pb.CreateSequenceRequest(
+        brand_id="brand_123",
+        name="n",
+        steps=[pb.Step(template_key="ok"), pb.Step(template_key="é")],
+    )
+    raw = request.SerializeToString().replace("é".encode(), b"\xff\xfe")
+    before = stack.counts()
+    with pytest.raises(grpc.RpcError) as refused:
+        create(raw, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "steps[1].template_key: must be valid UTF-8"
+    assert stack.counts() == before
+
+
+def test_the_query_is_percent_decoded_once(stack: Stack) -> None:
+    """%25FF is the text %FF, valid UTF-8: an ordinary brand with no sequences."""
+    brand = urllib.parse.quote("%FF")
+    response = stack.envoy.request("GET", f"/v1/sequences?brand_id={brand}")
+    assert (response.status, response.json()) == (200, {"sequences": [], "next_page_token": ""})
