@@ -1,5 +1,5 @@
-"""The request's edges, through the real Envoy: header sizes, and bytes that are not UTF-8
-in the path or query."""
+"""The request's edges, through the real Envoy: header sizes, bytes that are not UTF-8 in
+the path or query, and bodies that are not JSON."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from comms.gateway import MAX_HEADERS_COUNT, MAX_HEADERS_KIB
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 from tests.integration.conftest import Response, Stack
+from tests.requests import valid_body
 
 TOKEN_LIMIT = 16 * 1024  # the largest token the README promises
 
@@ -150,6 +151,44 @@ def test_native_grpc_strings_that_are_not_utf8_are_invalid_argument(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "steps[1].template_key: must be valid UTF-8"
     assert stack.counts() == before
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", "text/json"],
+)
+def test_bodies_that_are_not_json_are_415(stack: Stack, content_type: str) -> None:
+    before = stack.counts()
+    response = stack.envoy.post(valid_body(), headers={"Content-Type": content_type})
+    assert _error(response, 415) == {
+        "error": "unsupported_media_type",
+        "message": f"Content-Type {content_type} is not supported: send application/json",
+    }
+    assert stack.counts() == before
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON", "application/json; charset=utf-8", None],
+    ids=["plain", "upper case", "charset", "none"],
+)
+def test_json_bodies_are_read(stack: Stack, content_type: str | None) -> None:
+    """No Content-Type at all reads as JSON, so that a POST with no body can be {}."""
+    response = stack.envoy.post(valid_body(), headers={"Content-Type": content_type})
+    assert response.status == 201, response.body[:300]
+
+
+def test_a_post_without_body_or_content_type_is_not_415(stack: Stack) -> None:
+    response = stack.envoy.request("POST", "/v1/sequences", headers={"Content-Length": "0"})
+    assert _error(response, 422) == {
+        "error": "validation_error",
+        "message": "body: must be a JSON object",
+    }
+
+
+def test_the_media_type_rule_leaves_other_methods_to_405(stack: Stack) -> None:
+    response = stack.envoy.request("PUT", "/v1/sequences", "x", {"Content-Type": "text/plain"})
+    assert _error(response, 405)["error"] == "method_not_allowed"
 
 
 def test_the_query_is_percent_decoded_once(stack: Stack) -> None:
