@@ -152,6 +152,37 @@ local function tidy(msg)
   return path .. ": " .. rest
 end
 
+-- A body declared larger than the route's limit (route metadata max_body_bytes). Envoy
+-- does not read what is left of a request after answering it, so a client that sends the
+-- whole body before reading (urllib, no Expect: 100-continue) would meet a reset instead
+-- of a local 413. So the request is read to its end and thrown away, and since only an
+-- upstream answers after that, it goes on as a bodiless health check (read-only, open);
+-- oversized_answer turns that answer into the 413.
+local function drain_oversized(handle, headers)
+  local limit = tonumber(handle:metadata():get("max_body_bytes") or "")
+  local size = tonumber(headers:get("content-length") or "")
+  if not (limit and size and size > limit) then return false end
+  handle:streamInfo():dynamicMetadata():set(NS, "too_large", tostring(limit))
+  headers:replace(":path", "/grpc.health.v1.Health/Check")
+  headers:replace("content-type", "application/grpc")
+  headers:remove("content-length")
+  handle:clearRouteCache()
+  for chunk in handle:bodyChunks() do chunk:setBytes("") end
+  return true
+end
+
+local function oversized_answer(handle, headers, limit)
+  headers:replace(":status", "413")
+  headers:replace("content-type", "application/json")
+  for _, name in ipairs({"grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding"}) do
+    headers:remove(name)
+  end
+  local body = handle:body(true)
+  if body then
+    body:setBytes('{"error":"payload_too_large","message":"request body is larger than ' .. limit .. ' bytes"}\n')
+  end
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   -- Remember the caller kind: transcoded responses (and requests, once past
@@ -162,6 +193,7 @@ function envoy_on_request(handle)
     return  -- native gRPC is passed through untouched
   end
   handle:streamInfo():dynamicMetadata():set(NS, "caller", "http")
+  if drain_oversized(handle, headers) then return end
 
   local path = (headers:get(":path") or ""):match("^[^?]*")
   if headers:get(":method") ~= "POST" or path ~= "/v1/sequences" then return end
@@ -195,6 +227,7 @@ function envoy_on_response(handle)
   headers:remove("x-error-code")
 
   local md = handle:streamInfo():dynamicMetadata():get(NS)
+  if md and md.too_large then return oversized_answer(handle, headers, md.too_large) end
   if not (md and md.caller == "http") then
     -- gRPC callers get gRPC as is, but for a dropped call (see DROPPED).
     if headers:get("grpc-status") == "1" then

@@ -1,10 +1,14 @@
 """The request's edges, through the real Envoy: header sizes, bytes that are not UTF-8 in
-the path or query, and bodies that are not JSON."""
+the path or query, and bodies that are not JSON or are too large."""
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
 import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -13,7 +17,7 @@ from comms.gateway import MAX_HEADERS_COUNT, MAX_HEADERS_KIB
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 from tests.integration.conftest import Response, Stack
-from tests.requests import valid_body
+from tests.requests import valid_body, with_value
 
 TOKEN_LIMIT = 16 * 1024  # the largest token the README promises
 
@@ -196,3 +200,55 @@ def test_the_query_is_percent_decoded_once(stack: Stack) -> None:
     brand = urllib.parse.quote("%FF")
     response = stack.envoy.request("GET", f"/v1/sequences?brand_id={brand}")
     assert (response.status, response.json()) == (200, {"sequences": [], "next_page_token": ""})
+
+
+def _urlopen(stack: Stack, body: bytes | Iterator[bytes]) -> tuple[int, bytes]:
+    """POST as a plain urllib client does: the whole body first, then read the answer (no
+    Expect: 100-continue). An iterator is sent chunked, without Content-Length."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.envoy.settings.http_port}/v1/sequences",
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": stack.envoy.default_headers["Authorization"] or "",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        assert error.headers["Content-Type"] == "application/json"
+        return error.code, error.read()
+
+
+TOO_LARGE = (
+    413,
+    b'{"error":"payload_too_large","message":"request body is larger than 1048576 bytes"}\n',
+)
+
+
+@pytest.mark.parametrize("megabytes", [2, 10, 40])
+def test_a_body_over_the_limit_gets_a_413_the_client_can_read(stack: Stack, megabytes: int) -> None:
+    before = stack.counts()
+    body = json.dumps(with_value("description", "d" * megabytes * 1024 * 1024)).encode()
+    assert _urlopen(stack, body) == TOO_LARGE
+    assert stack.counts() == before
+
+
+def test_a_chunked_body_just_over_the_limit_gets_a_413_the_client_can_read(stack: Stack) -> None:
+    """Without Content-Length the size shows only as the body comes: the 413 is sent at the
+    limit, and a client still sending a lot more then meets a reset (README, Limits)."""
+    body = json.dumps(with_value("description", "d" * 1536 * 1024)).encode()
+    chunks = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    assert _urlopen(stack, chunks) == TOO_LARGE
+
+
+def test_a_body_within_the_limit_still_reaches_the_server(stack: Stack) -> None:
+    body = json.dumps(with_value("description", "d" * 1000 * 1024)).encode()
+    assert len(body) <= 1024 * 1024
+    status, answer = _urlopen(stack, body)
+    assert (status, json.loads(answer)["message"]) == (
+        422,
+        "description: must be at most 10000 characters, got 1024000",
+    )
