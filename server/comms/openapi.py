@@ -119,6 +119,10 @@ ERRORS: list[tuple[int, tuple[str, ...], str]] = [
     (503, ("unavailable",), "The service or its store cannot be reached, or sheds load: retry."),
     (504, ("deadline_exceeded",), "The service did not answer in time."),
 ]
+# Only where a body is read (the gateway's Content-Type rule, envoy.yaml.in).
+BODY_ERRORS: list[tuple[int, tuple[str, ...], str]] = [
+    (415, ("unsupported_media_type",), "The body's Content-Type is not application/json."),
+]
 AUTH_ERRORS: list[tuple[int, tuple[str, ...], str]] = [
     (401, ("unauthenticated",), "The bearer token is missing, malformed, expired or not trusted."),
     (403, ("permission_denied",), "The token lacks the operation's scope, or the brand."),
@@ -376,7 +380,8 @@ class Builder:
         if created:
             responses["201"]["headers"] = _header("Location", "Where the new resource is read.")
         scope = method.options.Extensions[REQUIRED_SCOPE]
-        for status, codes, _ in sorted(ERRORS + (AUTH_ERRORS if scope else [])):
+        errors = ERRORS + (BODY_ERRORS if body is not None else []) + (AUTH_ERRORS if scope else [])
+        for status, codes, _ in sorted(errors):
             responses[str(status)] = {"$ref": f"#/components/responses/{codes[0]}"}
         operation["responses"] = responses
         if scope:
@@ -452,7 +457,7 @@ def build(files: descriptor_pb2.FileDescriptorSet) -> Schema:
                 if verb in paths.setdefault(path, {}):
                     raise ValueError(f"{verb.upper()} {path} is bound twice")
                 paths[path][verb] = operation
-    statuses = sorted(ERRORS + AUTH_ERRORS, key=lambda error: error[0])
+    statuses = sorted(ERRORS + BODY_ERRORS + AUTH_ERRORS, key=lambda error: error[0])
     return {
         "openapi": "3.1.0",
         "info": {
