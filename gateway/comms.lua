@@ -171,6 +171,7 @@ local function drain_oversized(handle, headers)
   return true
 end
 
+-- The same answer as the 413 mapper of local_reply_config gives.
 local function oversized_answer(handle, headers, limit)
   headers:replace(":status", "413")
   headers:replace("content-type", "application/json")
@@ -179,7 +180,8 @@ local function oversized_answer(handle, headers, limit)
   end
   local body = handle:body(true)
   if body then
-    body:setBytes('{"error":"payload_too_large","message":"request body is larger than ' .. limit .. ' bytes"}\n')
+    local message = "request body is larger than " .. limit .. " bytes"
+    body:setBytes('{"error":"payload_too_large","message":' .. json_string(message) .. "}\n")
   end
 end
 
