@@ -51,11 +51,13 @@ def _cases(field: descriptor.FieldDescriptor, path: str) -> list[tuple[str, dict
         elif name == "string.pattern":
             cases += [(name, with_value(path, "printable ~"), True)]
             cases += [(name, with_value(path, "caf\u00e9"), False)]
-        elif name == "int32.gte":
-            cases += [
-                (name, with_value(path, value), True),
-                (name, with_value(path, value - 1), False),
-            ]
+        elif name == "string.min_len":
+            cases += [(name, with_value(path, "x" * value), True)]
+            cases += [(name, with_value(path, "x" * (value - 1)), False)]
+        elif name in ("int32.gte", "int32.gt", "int32.lte", "int32.lt"):
+            edge = {"gte": value, "gt": value + 1, "lte": value, "lt": value - 1}[rule.name]
+            past = edge - 1 if rule.name.startswith("g") else edge + 1
+            cases += [(name, with_value(path, edge), True), (name, with_value(path, past), False)]
         elif name == "repeated.max_items":
             cases += [(name, with_value(path, [_step(i) for i in range(value)]), True)]
             cases += [(name, with_value(path, [_step(i) for i in range(value + 1)]), False)]
