@@ -3,8 +3,8 @@
 Every method of every service in package comms.v1 with a google.api.http rule becomes an
 operation. Schemas follow what the gateway really prints and reads: proto field names
 (snake_case), enum value names, and the request rules of the proto's buf.validate annotations
-(those comms.validation checks). Proto doc comments
-become descriptions; text between (-- and --) is internal (AIP-192) and left out.
+(which comms.validation checks). Proto doc comments become descriptions; text between (-- and
+--) is internal (AIP-192) and left out.
 
     python -m comms.openapi [DESCRIPTOR_SET] [-o OUT]
 """
@@ -232,16 +232,13 @@ def _kind_schema(kind: str, rules: Any, full: str) -> Schema:
     keywords = RULES.get(kind)
     schema: Schema = {}
     for rule, value in rules.ListFields():
-        if (
-            kind == "string"
-            and rule.name == "not_contains"
-            and len(value) == 1
-            and "pattern" not in schema
-        ):
-            schema["pattern"] = f"^[^{_literal(value)}]*$"  # the form tools know best
-        elif kind == "string" and rule.name == "not_contains":
-            # "not" of a string schema, so that null (read as absent) still passes.
-            schema["not"] = {"type": "string", "pattern": _literal(value)}
+        if kind == "string" and rule.name == "not_contains":
+            # One character as a pattern, the form tools know best; else "not" of a string
+            # schema, so that null (read as absent) still passes.
+            if len(value) == 1 and "pattern" not in schema:
+                schema["pattern"] = f"^[^{_literal(value)}]*$"
+            else:
+                schema["not"] = {"type": "string", "pattern": _literal(value)}
         elif keywords is not None and rule.name in keywords:
             if keywords[rule.name]:
                 schema[keywords[rule.name]] = value

@@ -231,3 +231,47 @@ def test_additional_bindings_and_unsupported_templates() -> None:
 def test_x_unique_by_is_enforced_by_the_test_validator(steps: list[Any], valid: bool) -> None:
     schema = {"type": "array", openapi.UNIQUE_BY: "position"}
     assert Validator(schema).is_valid(steps) is valid
+
+
+def _field(files: descriptor_pb2.FileDescriptorSet, message: str, name: str) -> Any:
+    return next(
+        field
+        for file in files.file
+        for m in file.message_type
+        if m.name == message
+        for field in m.field
+        if field.name == name
+    )
+
+
+def test_a_rule_added_or_removed_in_the_proto_is_added_or_removed_in_the_document() -> None:
+    files = _descriptors()
+    _field(files, "Step", "template_key").options.Extensions[openapi.FIELD_RULES].string.ClearField(
+        "max_len"
+    )
+    delay = _field(files, "Step", "delay_minutes").options.Extensions[openapi.FIELD_RULES]
+    delay.int32.lte = 525_600
+    step = openapi.build(files)["components"]["schemas"]["StepInput"]["properties"]
+    assert "maxLength" not in step["template_key"]
+    assert (step["delay_minutes"]["minimum"], step["delay_minutes"]["maximum"]) == (0, 525_600)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "string.email",
+            r"Step\.template_key: \(buf\.validate\.field\)\.string\.email has no JSON",
+        ),
+        ("cel", r"Step\.template_key: CEL rule 'lowercase' has no JSON Schema"),
+    ],
+)
+def test_a_rule_the_document_cannot_state_stops_the_build(rule: str, message: str) -> None:
+    files = _descriptors()
+    rules = _field(files, "Step", "template_key").options.Extensions[openapi.FIELD_RULES]
+    if rule == "cel":
+        rules.cel.add(id="lowercase", expression="this == this.lowerAscii()")
+    else:
+        rules.string.email = True
+    with pytest.raises(ValueError, match=message):
+        openapi.build(files)
