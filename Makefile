@@ -41,9 +41,13 @@ $(STAMP): pyproject.toml
 # proto/ (never committed; openapi/openapi.json is a checked copy, see `make openapi`).
 build: $(GEN)/api.binpb $(GEN)/openapi.json
 
+# buf/validate/validate.proto comes from the protovalidate wheel (comms.bufvalidate); its
+# Python module is generated beside ours (server/buf/, never committed).
 $(GEN)/api.binpb: $(PROTOS) $(STAMP)
-	mkdir -p $(GEN)
-	$(PY) -m grpc_tools.protoc -Iproto -I"$$($(PY) -c 'import google.api, pathlib; print(pathlib.Path(google.api.__path__[0]).parents[1])')" \
+	mkdir -p $(GEN) build
+	$(PY) -m comms.bufvalidate build/validate.binpb
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=build/validate.binpb --python_out=server --pyi_out=server buf/validate/validate.proto
+	$(PY) -m grpc_tools.protoc --descriptor_set_in=build/validate.binpb -Iproto -I"$$($(PY) -c 'import google.api, pathlib; print(pathlib.Path(google.api.__path__[0]).parents[1])')" \
 		--python_out=server --pyi_out=server --grpc_python_out=server \
 		--include_imports --include_source_info --descriptor_set_out=$@ $(PROTOS)
 
@@ -66,4 +70,4 @@ lint: build
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) $(GEN) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GEN) server/buf build .pytest_cache .mypy_cache .ruff_cache

@@ -2,8 +2,9 @@
 
 Every method of every service in package comms.v1 with a google.api.http rule becomes an
 operation. Schemas follow what the gateway really prints and reads: proto field names
-(snake_case), enum value names, and the request rules of comms.validation. Proto doc comments
-become descriptions; text between (-- and --) is internal (AIP-192) and left out.
+(snake_case), enum value names, and the request rules of the proto's buf.validate annotations
+(which comms.validation checks). Proto doc comments become descriptions; text between (-- and
+--) is internal (AIP-192) and left out.
 
     python -m comms.openapi [DESCRIPTOR_SET] [-o OUT]
 """
@@ -21,7 +22,8 @@ from typing import Any
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
-from comms import gateway, validation
+from buf.validate import validate_pb2
+from comms import gateway
 from comms.v1 import options_pb2
 
 PACKAGE = "comms.v1"
@@ -29,38 +31,32 @@ FD = descriptor_pb2.FieldDescriptorProto
 Schema = dict[str, Any]
 # The stubs type this extension as a plain field, which Extensions[] does not take.
 REQUIRED_SCOPE: Any = options_pb2.required_scope
+FIELD_RULES: Any = validate_pb2.field
 
-_NO_NUL = {"pattern": "^[^\\u0000]*$"}  # PostgreSQL cannot store U+0000
-_NAME = {"minLength": 1, "maxLength": validation.MAX_ID_CHARS, **_NO_NUL}
-_COUNT = {"minimum": 0}  # the top is int32's own maximum (a page size above it is clamped)
 # JSON Schema has no keyword for "no two items share a property value"; this extension says
 # it, and the seed test and the fuzz hooks (tests/fuzz) honour it.
 UNIQUE_BY = "x-unique-by"
+INT32_MAX = 2**31 - 1
 
-# What comms.validation enforces beyond each field's proto type, as JSON Schema keywords;
-# request schemas only (responses carry what was accepted). Keys are full field names.
-REQUEST_RULES: dict[str, Schema] = {
-    "comms.v1.CreateSequenceRequest.brand_id": _NAME,
-    "comms.v1.CreateSequenceRequest.name": _NAME,
-    "comms.v1.CreateSequenceRequest.description": {
-        "maxLength": validation.MAX_DESCRIPTION_CHARS,
-        **_NO_NUL,
-    },
-    "comms.v1.CreateSequenceRequest.steps": {
-        "maxItems": validation.MAX_STEPS,
-        UNIQUE_BY: "position",
-    },
-    # Empty means no key (proto3 cannot tell it from absent).
-    "comms.v1.CreateSequenceRequest.request_id": {
-        "maxLength": validation.MAX_IDEMPOTENCY_KEY_CHARS,
-        "pattern": "^[ -~]*$",
-    },
-    "comms.v1.ListSequencesRequest.brand_id": _NAME,
-    "comms.v1.ListSequencesRequest.page_size": _COUNT,
-    "comms.v1.Step.position": _COUNT,
-    "comms.v1.Step.template_key": _NAME,
-    "comms.v1.Step.delay_minutes": _COUNT,
+# The buf.validate rules of a request field (comms.validation checks them) as JSON Schema
+# keywords, by the rule's name in its kind; a rule not listed here stops the build, so that no
+# rule is enforced without being described.
+STRING_RULES = {"min_len": "minLength", "max_len": "maxLength", "pattern": "pattern"}
+NUMBER_RULES = {
+    "gte": "minimum",
+    "gt": "exclusiveMinimum",
+    "lte": "maximum",
+    "lt": "exclusiveMaximum",
 }
+RULES: dict[str, dict[str, str]] = {
+    "string": STRING_RULES,
+    **dict.fromkeys(("int32", "sint32", "sfixed32", "uint32", "fixed32"), NUMBER_RULES),
+    **dict.fromkeys(("float", "double"), NUMBER_RULES),
+    "repeated": {"min_items": "minItems", "max_items": "maxItems", "unique": "uniqueItems"},
+    "enum": {"defined_only": ""},  # the schema lists only the defined words anyway
+}
+# A CEL rule the document can state: no two items of a list share this field's value.
+_UNIQUE_CEL = re.compile(r"\.map\((\w+), \1\.(\w+)\)\.unique\(\)")
 
 # Fields whose JSON the proto type cannot tell: a Value can hold any JSON, this one holds a
 # string, or null for none.
@@ -68,7 +64,7 @@ JSON_TYPES: dict[str, Schema] = {
     "comms.v1.Sequence.description": {"type": ["string", "null"]},
 }
 
-_INT32 = {"type": "integer", "minimum": -validation.INT32_MAX - 1, "maximum": validation.INT32_MAX}
+_INT32 = {"type": "integer", "minimum": -INT32_MAX - 1, "maximum": INT32_MAX}
 _UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
 _INT64 = {"type": "string", "format": "int64"}  # protobuf's JSON prints 64-bit integers as strings
 SCALARS: dict[int, Schema] = {
@@ -225,6 +221,52 @@ def _behaviors(field: descriptor_pb2.FieldDescriptorProto) -> set[int]:
     return set(field.options.Extensions[field_behavior_pb2.field_behavior])
 
 
+def _rules(field: descriptor_pb2.FieldDescriptorProto) -> validate_pb2.FieldRules:
+    rules: validate_pb2.FieldRules = field.options.Extensions[FIELD_RULES]
+    return rules
+
+
+def _literal(text: str) -> str:
+    """A regular expression matching text, in the syntax ECMA-262 and Python share."""
+    return "".join(c if c.isalnum() or ord(c) > 0xFFFF else f"\\u{ord(c):04x}" for c in text)
+
+
+def _kind_schema(kind: str, rules: Any, full: str) -> Schema:
+    """The JSON Schema keywords of one kind of rules (string, int32, repeated...)."""
+    keywords = RULES.get(kind)
+    schema: Schema = {}
+    for rule, value in rules.ListFields():
+        if kind == "string" and rule.name == "not_contains":
+            # One character as a pattern, the form tools know best; else "not" of a string
+            # schema, so that null (read as absent) still passes.
+            if len(value) == 1 and "pattern" not in schema:
+                schema["pattern"] = f"^[^{_literal(value)}]*$"
+            else:
+                schema["not"] = {"type": "string", "pattern": _literal(value)}
+        elif keywords is not None and rule.name in keywords:
+            if keywords[rule.name]:
+                schema[keywords[rule.name]] = value
+        else:
+            raise ValueError(f"{full}: (buf.validate.field).{kind}.{rule.name} has no JSON Schema")
+    return schema
+
+
+def _with_rules(schema: Schema, field: descriptor_pb2.FieldDescriptorProto, full: str) -> Schema:
+    """A request field's schema with its buf.validate rules."""
+    rules = _rules(field)
+    if rules.required and field.type == FD.TYPE_STRING and not field.proto3_optional:
+        schema["minLength"] = 1  # "" is unset in proto3
+    kind = rules.WhichOneof("type")
+    if kind is not None:
+        schema |= _kind_schema(kind, getattr(rules, kind), full)
+    for cel in rules.cel:
+        unique = _UNIQUE_CEL.search(cel.expression)
+        if field.label != FD.LABEL_REPEATED or unique is None:
+            raise ValueError(f"{full}: CEL rule {cel.id!r} has no JSON Schema")
+        schema[UNIQUE_BY] = unique.group(2)
+    return schema
+
+
 class Builder:
     """Builds the document; message schemas go to components, one per message and view."""
 
@@ -265,7 +307,7 @@ class Builder:
             prop = self.field_schema(type_name, field, output)
             if field_behavior_pb2.OUTPUT_ONLY in behaviors:
                 prop["readOnly"] = True
-            if output or field_behavior_pb2.REQUIRED in behaviors:
+            if output or field_behavior_pb2.REQUIRED in behaviors or _rules(field).required:
                 required.append(field.name)
             else:
                 prop = _or_null(prop)
@@ -292,7 +334,7 @@ class Builder:
             schema = self.value(field, output)
         schema |= JSON_TYPES.get(full, {})
         if not output:
-            schema |= REQUEST_RULES.get(full, {})
+            schema = _with_rules(schema, field, full)
         return _described(schema, self.d.comments.get(f"{type_name}.{field.name}", ""))
 
     def value(self, field: descriptor_pb2.FieldDescriptorProto, output: bool) -> Schema:

@@ -108,11 +108,8 @@ def _idempotency_key(
         ]
     if header:
         return header, validation.idempotency_key_violations("Idempotency-Key", header)
-    if request.request_id:
-        return request.request_id, validation.idempotency_key_violations(
-            "request_id", request.request_id
-        )
-    return "", []
+    # request_id's rules are checked with the rest of the request.
+    return request.request_id, []
 
 
 def _fingerprint(request: pb.CreateSequenceRequest) -> str:
@@ -170,7 +167,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         deadline = _deadline(context)
         auth.require_brand(request.brand_id)
         key, key_violations = _idempotency_key(request, context)
-        violations = validation.create_sequence_violations(request) + key_violations
+        violations = validation.violations(request) + key_violations
         if violations:
             raise invalid_argument(violations)
         now = convert.utc_now()
@@ -239,7 +236,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         self, request: pb.ListSequencesRequest, context: grpc.ServicerContext
     ) -> pb.ListSequencesResponse:
         auth.require_brand(request.brand_id)
-        violations = validation.list_sequences_violations(request)
+        violations = validation.violations(request)
         if violations:
             raise invalid_argument(violations)
         size = validation.page_size(request)

@@ -60,7 +60,7 @@ def test_refusal_is_invalid_argument_with_bad_request_details(stack: Stack, rout
     error: Any = caught.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == (
-        "brand_id: is required and must be a non-empty string; "
+        "brand_id: is required; "
         "steps[2].channel: is required and must be one of email, sms, push, in_app"
     )
     status = rpc_status.from_call(error)
@@ -68,7 +68,7 @@ def test_refusal_is_invalid_argument_with_bad_request_details(stack: Stack, rout
     bad_request = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad_request)
     assert [(v.field, v.description) for v in bad_request.field_violations] == [
-        ("brand_id", "is required and must be a non-empty string"),
+        ("brand_id", "is required"),
         ("steps[2].channel", "is required and must be one of email, sms, push, in_app"),
     ]
     assert stack.counts() == before

@@ -143,8 +143,8 @@ def test_page_size_default_and_clamp(stack: Stack) -> None:
 
 
 LIST_REFUSALS = {
-    "no brand": ("", "brand_id: is required and must be a non-empty string"),
-    "negative size": ("brand_id=b&page_size=-1", "page_size: must not be negative, got -1"),
+    "no brand": ("", "brand_id: is required"),
+    "negative size": ("brand_id=b&page_size=-1", "page_size: must be at least 0, got -1"),
     "size not a number": ("brand_id=b&page_size=ten", None),
     "garbage token": (
         "brand_id=b&page_token=abc",
@@ -335,9 +335,9 @@ def test_keys_are_scoped_to_caller_and_brand(stack: Stack) -> None:
         (
             {"Idempotency-Key": "k" * 256},
             {},
-            "Idempotency-Key: must be 1 to 255 printable ASCII characters",
+            "Idempotency-Key: must be at most 255 characters, got 256",
         ),
-        ({}, {"request_id": "é"}, "request_id: must be 1 to 255 printable ASCII characters"),
+        ({}, {"request_id": "é"}, "request_id: must match the regular expression ^[ -~]*$"),
         (
             {"Idempotency-Key": "a"},
             {"request_id": "b"},

@@ -10,7 +10,7 @@ import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from comms import gateway, openapi, validation
+from comms import gateway, openapi
 from comms.v1 import options_pb2
 from comms.v1 import sequences_pb2 as pb
 from tests.openapi_schema import Validator
@@ -106,18 +106,18 @@ def test_the_create_request_carries_the_validation_rules() -> None:
         "description": "brand_id is the brand the sequence belongs to (1 to 255 characters).",
         "type": "string",
         "minLength": 1,
-        "maxLength": validation.MAX_ID_CHARS,
+        "maxLength": 255,
         "pattern": NO_NUL,
     }
     description = request["properties"]["description"]
     assert (description["type"], description["maxLength"]) == (
         ["string", "null"],
-        validation.MAX_DESCRIPTION_CHARS,
+        10_000,
     )
     steps = request["properties"]["steps"]
     assert (steps["type"], steps["maxItems"], steps["items"]) == (
         "array",
-        validation.MAX_STEPS,
+        100,
         {"$ref": "#/components/schemas/StepInput"},
     )
     assert steps[openapi.UNIQUE_BY] == "position"
@@ -132,14 +132,12 @@ def test_a_step_in_a_request_is_bounded_and_output_only_fields_are_read_only() -
         assert (props[name]["type"], props[name]["minimum"], props[name]["maximum"]) == (
             "integer",
             0,
-            validation.INT32_MAX,
+            2**31 - 1,
         )
-    assert (
-        props["channel"]["enum"] == list(validation.CHANNELS) == ["email", "sms", "push", "in_app"]
-    )
+    assert props["channel"]["enum"] == ["email", "sms", "push", "in_app"]
     assert (props["template_key"]["minLength"], props["template_key"]["maxLength"]) == (
         1,
-        validation.MAX_ID_CHARS,
+        255,
     )
 
 
@@ -170,8 +168,8 @@ def test_responses_print_every_key() -> None:
     assert "maxLength" not in props["name"]
     position = step["properties"]["position"]
     assert (position["minimum"], position["maximum"]) == (
-        -validation.INT32_MAX - 1,
-        validation.INT32_MAX,
+        -(2**31),
+        2**31 - 1,
     )
 
 
@@ -195,7 +193,7 @@ def test_reads_take_path_and_query_parameters() -> None:
     assert listing["parameters"][1]["schema"] == {
         "type": "integer",
         "minimum": 0,
-        "maximum": validation.INT32_MAX,
+        "maximum": 2**31 - 1,
     }
     assert "requestBody" not in listing and "requestBody" not in get
 
@@ -234,3 +232,47 @@ def test_additional_bindings_and_unsupported_templates() -> None:
 def test_x_unique_by_is_enforced_by_the_test_validator(steps: list[Any], valid: bool) -> None:
     schema = {"type": "array", openapi.UNIQUE_BY: "position"}
     assert Validator(schema).is_valid(steps) is valid
+
+
+def _field(files: descriptor_pb2.FileDescriptorSet, message: str, name: str) -> Any:
+    return next(
+        field
+        for file in files.file
+        for m in file.message_type
+        if m.name == message
+        for field in m.field
+        if field.name == name
+    )
+
+
+def test_a_rule_added_or_removed_in_the_proto_is_added_or_removed_in_the_document() -> None:
+    files = _descriptors()
+    _field(files, "Step", "template_key").options.Extensions[openapi.FIELD_RULES].string.ClearField(
+        "max_len"
+    )
+    delay = _field(files, "Step", "delay_minutes").options.Extensions[openapi.FIELD_RULES]
+    delay.int32.lte = 525_600
+    step = openapi.build(files)["components"]["schemas"]["StepInput"]["properties"]
+    assert "maxLength" not in step["template_key"]
+    assert (step["delay_minutes"]["minimum"], step["delay_minutes"]["maximum"]) == (0, 525_600)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "string.email",
+            r"Step\.template_key: \(buf\.validate\.field\)\.string\.email has no JSON",
+        ),
+        ("cel", r"Step\.template_key: CEL rule 'lowercase' has no JSON Schema"),
+    ],
+)
+def test_a_rule_the_document_cannot_state_stops_the_build(rule: str, message: str) -> None:
+    files = _descriptors()
+    rules = _field(files, "Step", "template_key").options.Extensions[openapi.FIELD_RULES]
+    if rule == "cel":
+        rules.cel.add(id="lowercase", expression="this == this.lowerAscii()")
+    else:
+        rules.string.email = True
+    with pytest.raises(ValueError, match=message):
+        openapi.build(files)
