@@ -38,7 +38,7 @@ def _start_server(settings: config.Settings) -> Server:
     threading.Thread(
         target=_forget_old_idempotency_keys, args=(database,), daemon=True, name="purge"
     ).start()
-    address = f"{settings.bind_host}:{settings.grpc_port}"
+    address = config.address(settings.bind_host, settings.grpc_port)
     worker = settings.worker_index >= 0
     own: tuple[str, ...] = ()
     if worker:  # this process's own port, where the gateway sends its share of calls
@@ -56,10 +56,11 @@ def _start_server(settings: config.Settings) -> Server:
     except RuntimeError as error:
         raise SystemExit(f"comms: cannot listen on {address} {' '.join(own)}: {error}") from None
     log.info(
-        "gRPC server%s listening on %s:%d%s (store: %s)",
+        "gRPC server%s listening on %s%s%s (store: %s)",
         f" process {settings.worker_index}" if worker else "",
-        settings.bind_host,
-        server.port,
+        config.address(settings.bind_host, server.port),
+        # grpc binds a wildcard address as one dual-stack socket, [::]
+        " (every interface, IPv4 and IPv6)" if settings.bind_host in ("0.0.0.0", "::") else "",
         "".join(f" and {address} for the gateway" for address in own),
         db.describe(settings.resolved_database_url),
     )
@@ -152,10 +153,9 @@ def _envoy(settings: config.Settings) -> list[str]:
 def cmd_gateway(settings: config.Settings, _: argparse.Namespace) -> int:
     command = _envoy(settings)
     log.info(
-        "HTTP gateway on port %d, forwarding to %s:%d",
-        settings.http_port,
-        settings.upstream_host,
-        settings.grpc_port,
+        "starting Envoy: HTTP gateway on %s, forwarding to %s",
+        config.address(settings.bind_host, settings.http_port),
+        config.address(settings.upstream_host, settings.grpc_port),
     )
     os.execv(command[0], command)  # Envoy takes over this process and its signals
 
@@ -181,20 +181,27 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     envoy = subprocess.Popen(
         _envoy(settings), start_new_session=True, preexec_fn=_die_with_parent()
     )
-    log.info(
-        "HTTP gateway listening on http://127.0.0.1:%d (Envoy admin on 127.0.0.1:%d)",
-        settings.http_port,
-        settings.admin_port,
-    )
+    bound = gateway.bound_address(settings.admin_port, envoy)
+    if bound:
+        log.info(
+            "HTTP gateway listening on http://%s (Envoy admin on 127.0.0.1:%d)",
+            bound,
+            settings.admin_port,
+        )
+    else:
+        log.error(
+            "Envoy did not report its listener ready (Envoy admin on 127.0.0.1:%d)",
+            settings.admin_port,
+        )
     if settings.auth_jwks_path is None:
         token = devkeys.mint_token(settings.data_dir, _all_scopes(), ttl_seconds=12 * 3600)
         log.info("a development token (all scopes, 12 hours; `comms dev-token` makes more):")
         log.info("export TOKEN=%s", token)
         log.info(
-            'try: curl -i localhost:%d/v1/sequences -H "Authorization: Bearer $TOKEN" '
+            'try: curl -i %s/v1/sequences -H "Authorization: Bearer $TOKEN" '
             "-H 'Content-Type: application/json' "
             '-d \'{"brand_id":"brand_123","name":"Welcome","steps":[]}\'',
-            settings.http_port,
+            config.address(_reachable(settings.bind_host), settings.http_port),
         )
 
     def watch_envoy() -> None:
@@ -213,6 +220,11 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     servers.stop(settings.drain_seconds)
     log.info("stopped")
     return 1 if died is not None else 0
+
+
+def _reachable(host: str) -> str:
+    """An address a local client can use for what listens on host."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def cmd_migrate(settings: config.Settings, _: argparse.Namespace) -> int:
@@ -263,18 +275,36 @@ COMMANDS = {
 }
 
 
+def _setting_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of the settings this command uses, described by config.SETTINGS."""
+    for name, spec in config.SETTINGS.items():
+        if command in spec.commands:
+            parser.add_argument(
+                spec.flag,
+                dest=name,
+                metavar=spec.metavar,
+                help=f"{spec.help} (env {spec.env}, default {spec.default_text})",
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="comms", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        _setting_options(sub, name)
         if name == "dev-token":
             _dev_token_options(sub)
     args = parser.parse_args(argv)
+    flags = {name: getattr(args, name) for name in config.SETTINGS if hasattr(args, name)}
+    flags = {name: value for name, value in flags.items() if value is not None}
     try:
-        settings = config.load()
+        settings = config.load(os.environ, flags)
     except config.ConfigError as error:
         parser.exit(2, f"comms: {error}\n")
+    # Server processes this one starts read their settings from the environment: the flags
+    # must reach them too.
+    os.environ.update({config.SETTINGS[name].env: value for name, value in flags.items()})
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
