@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from comms import auth, config, convert, db, devkeys, gateway, migrations, store
+from comms import auth, config, convert, datadir, db, devkeys, gateway, migrations, store
 from comms.server import Server, create_server
 from comms.service import IDEMPOTENCY_RETENTION
 
@@ -23,7 +23,6 @@ log = logging.getLogger("comms")
 
 
 def _start_server(settings: config.Settings) -> Server:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = db.prepare(
         settings.resolved_database_url, settings.grpc_workers, settings.sqlite_busy_timeout_ms
     )
@@ -73,7 +72,6 @@ class _Workers:
     def __init__(self, settings: config.Settings) -> None:
         self._settings = settings
         # Migrations and the development key pair once, before any process races for them.
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         db.prepare(settings.resolved_database_url).close()
         auth.verifier_for(settings)
         self._stopping = False
@@ -228,7 +226,6 @@ def _reachable(host: str) -> str:
 
 
 def cmd_migrate(settings: config.Settings, _: argparse.Namespace) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = db.open_database(settings.resolved_database_url)
     with database.connection_context():
         applied = migrations.migrate(database)
@@ -310,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     grpc_logger = logging.getLogger("grpc")
     grpc_logger.setLevel(max(logging.WARNING, grpc_logger.getEffectiveLevel()))
+    datadir.make_private(settings)
     handler, _ = COMMANDS[args.command]
     try:
         return handler(settings, args)

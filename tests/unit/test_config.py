@@ -73,6 +73,7 @@ def test_flags_reach_the_settings_through_the_command(monkeypatch: pytest.Monkey
         "--data-dir",
         "/nowhere/flag",
     ]
+    monkeypatch.setattr(cli.datadir, "make_private", lambda _: None)
     assert cli.main(argv) == 0
     assert (seen[0].grpc_port, seen[0].bind_host, seen[0].data_dir) == (
         7000,
