@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ log = logging.getLogger("comms")
 
 
 def _start_server(settings: config.Settings) -> Server:
+    _allow_descriptors(settings.max_connections)
     database = db.prepare(
         settings.resolved_database_url, settings.grpc_workers, settings.sqlite_busy_timeout_ms
     )
@@ -51,6 +53,7 @@ def _start_server(settings: config.Settings) -> Server:
             settings.max_in_flight,
             also_listen=own,
             share_port=worker,
+            max_connections=settings.max_connections,
         )
     except RuntimeError as error:
         raise SystemExit(f"comms: cannot listen on {address} {' '.join(own)}: {error}") from None
@@ -64,6 +67,21 @@ def _start_server(settings: config.Settings) -> Server:
         db.describe(settings.resolved_database_url),
     )
     return server
+
+
+def _allow_descriptors(connections: int) -> None:
+    """Raise this process's open-file limit to its hard limit, so that the connection cap,
+    not a soft limit of 1024, is what bounds the connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < connections + 64:
+        log.warning(
+            "open files are limited to %d: fewer than COMMS_MAX_CONNECTIONS (%d) can be served",
+            soft,
+            connections,
+        )
 
 
 class _Workers:

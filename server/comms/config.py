@@ -170,6 +170,14 @@ class Settings:
         "calls running or queued in a process; beyond it a call is refused at once",
         default_text="8 x workers",
     )
+    # Each open connection holds a descriptor and memory: without a cap a flood of idle
+    # connections exhausted the descriptors. Past it a new connection is closed at once.
+    max_connections: int = _setting(
+        1000,
+        "COMMS_MAX_CONNECTIONS",
+        _integer(1),
+        "open gRPC connections a process accepts",
+    )
     sqlite_busy_timeout_ms: int = _setting(
         5000,
         "COMMS_SQLITE_BUSY_TIMEOUT_MS",

@@ -1,5 +1,5 @@
 """The `comms` command as a user runs it: where it binds, what it logs, the modes of the files
-it keeps."""
+it keeps, and the cap on gRPC connections."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -17,10 +18,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from comms import db, devkeys
 from tests.integration.conftest import free_port
+from tests.tokens import AUDIENCE, ISSUER, Keys
 
 COMMS = str(Path(sys.executable).parent / "comms")
 
@@ -139,3 +143,57 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
         assert up.stop() == 0
     names = sqlite3.connect(data / "comms.db").execute("SELECT name FROM sequences").fetchall()
     assert names == [("Private",)]
+
+
+def _health(channel: grpc.Channel) -> int:
+    request = health_pb2.HealthCheckRequest()
+    return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=3).status)
+
+
+def _fresh_channel(port: int) -> grpc.Channel:
+    # Its own connection: channels to one target otherwise share one.
+    return grpc.insecure_channel(f"127.0.0.1:{port}", [("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_production_binds_every_interface_and_caps_connections(tmp_path: Path, keys: Keys) -> None:
+    port, cap = free_port(), 5
+    serve = Running(
+        ["serve", "--grpc-port", str(port)],
+        _env(
+            COMMS_DATA_DIR=str(tmp_path),
+            COMMS_AUTH_JWKS_PATH=str(keys.jwks_path),
+            COMMS_AUTH_ISSUER=ISSUER,
+            COMMS_AUTH_AUDIENCE=AUDIENCE,
+            COMMS_MAX_CONNECTIONS=str(cap),
+        ),
+    )
+    idle: list[socket.socket] = []
+    try:
+        serve.wait_for("gRPC server listening")
+        assert (
+            f"INFO comms: gRPC server listening on 0.0.0.0:{port} (every interface, IPv4 and IPv6) (store: sqlite:///{tmp_path / 'comms.db'})"
+            in serve.messages()
+        )
+        assert _listening(port) == {"::"}  # grpc's dual-stack socket for a wildcard
+        first = _fresh_channel(port)
+        assert _health(first) == health_pb2.HealthCheckResponse.SERVING
+        # The cap less the one connection above, idle; then three past the cap.
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(cap + 2)]
+        received = [len(sock.recv(1024)) for sock in idle]
+        # Those within the cap get the server's HTTP/2 SETTINGS; those past it are closed.
+        assert [n > 0 for n in received] == [True] * (cap - 1) + [False] * 3
+        # Connections already open are still served; a new one is refused while at the cap.
+        assert _health(first) == health_pb2.HealthCheckResponse.SERVING
+        with _fresh_channel(port) as refused, pytest.raises(grpc.RpcError) as caught:
+            _health(refused)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        for sock in idle:
+            sock.close()
+        time.sleep(0.5)
+        with _fresh_channel(port) as fresh:
+            assert _health(fresh) == health_pb2.HealthCheckResponse.SERVING
+        first.close()
+    finally:
+        for sock in idle:
+            sock.close()
+        assert serve.stop() == 0

@@ -136,6 +136,11 @@ def test_help_shows_each_flag_with_its_environment_variable_and_default(
             {"COMMS_BIND_HOST": "example.com"},
             "COMMS_BIND_HOST must be an IP address such as 127.0.0.1 or 0.0.0.0, got 'example.com'",
         ),
+        (
+            ["serve"],
+            {"COMMS_MAX_CONNECTIONS": "0"},
+            "COMMS_MAX_CONNECTIONS must be at least 1, got 0",
+        ),
         # the flag is named when it is the one given, even beside a bad variable
         (
             ["up", "--admin-port", "-1"],
