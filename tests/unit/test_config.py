@@ -191,8 +191,12 @@ def test_envoy_public_listener_binds_the_setting(env: dict[str, str], address: s
     assert rendered["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
+def test_the_readme_shows_every_setting_and_every_flag_as_help_does() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    table = readme[readme.index("## Configuration") :].split("\n## ")[0]
+    section = readme[readme.index("## Configuration") :].split("\n## ")[0]
+    shown = {" ".join(line.split()) for line in section.splitlines()}
     for spec in SETTINGS.values():
-        assert f"| `{spec.env}` |" in table, spec.env
+        assert f"| `{spec.env}` |" in section, spec.env
+        if "up" in spec.commands:
+            line = f"{spec.flag} {spec.metavar} {spec.help} (env {spec.env}, default {spec.default_text})"
+            assert line in shown, line
