@@ -73,7 +73,7 @@ def _allow_descriptors(connections: int) -> None:
     """Raise this process's open-file limit to its hard limit, so that the connection cap,
     not a soft limit of 1024, is what bounds the connections."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+    if hard != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
     if soft != resource.RLIM_INFINITY and soft < connections + 64:
@@ -325,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     grpc_logger = logging.getLogger("grpc")
     grpc_logger.setLevel(max(logging.WARNING, grpc_logger.getEffectiveLevel()))
-    datadir.make_private(settings)
     handler, _ = COMMANDS[args.command]
     try:
+        datadir.make_private(settings)
         return handler(settings, args)
     except config.ConfigError as error:
         parser.exit(2, f"comms: {error}\n")

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from comms import devkeys
-from comms.config import Settings
+from comms.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,14 @@ def make_private(settings: Settings) -> None:
     """Create the data directory (0700) and tighten what an earlier, looser run left there.
     From here on this process creates files for its user alone: SQLite gives -wal and -shm
     the database file's mode, and Envoy's config, the keys and a new database get 0600."""
-    os.umask(0o077)
     directory = settings.data_dir
-    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the data directory {directory}: {error.strerror}"
+        ) from None
+    os.umask(0o077)
     mode = stat.S_IMODE(directory.stat().st_mode)
     if mode & stat.S_ISVTX:  # a shared directory such as /tmp: never ours to close
         log.warning("data directory %s is shared (mode %o): use one of its own", directory, mode)

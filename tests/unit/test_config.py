@@ -200,3 +200,14 @@ def test_the_readme_shows_every_setting_and_every_flag_as_help_does() -> None:
         if "up" in spec.commands:
             line = f"{spec.flag} {spec.metavar} {spec.help} (env {spec.env}, default {spec.default_text})"
             assert line in shown, line
+
+
+def test_a_data_dir_that_cannot_be_made_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["migrate", "--data-dir", str(tmp_path / "file" / "data")])
+    message = f"comms: cannot create the data directory {tmp_path}/file/data: Not a directory\n"
+    assert (exited.value.code, capsys.readouterr()) == (2, ("", message))
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]
