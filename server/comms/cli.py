@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from comms import auth, config, convert, db, devkeys, gateway, migrations, store
+from comms import auth, config, convert, datadir, db, devkeys, gateway, migrations, store
 from comms.server import Server, create_server
 from comms.service import IDEMPOTENCY_RETENTION
 
@@ -23,7 +24,7 @@ log = logging.getLogger("comms")
 
 
 def _start_server(settings: config.Settings) -> Server:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _allow_descriptors(settings.max_connections)
     database = db.prepare(
         settings.resolved_database_url, settings.grpc_workers, settings.sqlite_busy_timeout_ms
     )
@@ -38,7 +39,7 @@ def _start_server(settings: config.Settings) -> Server:
     threading.Thread(
         target=_forget_old_idempotency_keys, args=(database,), daemon=True, name="purge"
     ).start()
-    address = f"{settings.bind_host}:{settings.grpc_port}"
+    address = config.address(settings.bind_host, settings.grpc_port)
     worker = settings.worker_index >= 0
     own: tuple[str, ...] = ()
     if worker:  # this process's own port, where the gateway sends its share of calls
@@ -52,18 +53,35 @@ def _start_server(settings: config.Settings) -> Server:
             settings.max_in_flight,
             also_listen=own,
             share_port=worker,
+            max_connections=settings.max_connections,
         )
     except RuntimeError as error:
         raise SystemExit(f"comms: cannot listen on {address} {' '.join(own)}: {error}") from None
     log.info(
-        "gRPC server%s listening on %s:%d%s (store: %s)",
+        "gRPC server%s listening on %s%s%s (store: %s)",
         f" process {settings.worker_index}" if worker else "",
-        settings.bind_host,
-        server.port,
+        config.address(settings.bind_host, server.port),
+        # grpc binds a wildcard address as one dual-stack socket, [::]
+        " (every interface, IPv4 and IPv6)" if settings.bind_host in ("0.0.0.0", "::") else "",
         "".join(f" and {address} for the gateway" for address in own),
         db.describe(settings.resolved_database_url),
     )
     return server
+
+
+def _allow_descriptors(connections: int) -> None:
+    """Raise this process's open-file limit to its hard limit, so that the connection cap,
+    not a soft limit of 1024, is what bounds the connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < connections + 64:
+        log.warning(
+            "open files are limited to %d: fewer than COMMS_MAX_CONNECTIONS (%d) can be served",
+            soft,
+            connections,
+        )
 
 
 class _Workers:
@@ -72,7 +90,6 @@ class _Workers:
     def __init__(self, settings: config.Settings) -> None:
         self._settings = settings
         # Migrations and the development key pair once, before any process races for them.
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         db.prepare(settings.resolved_database_url).close()
         auth.verifier_for(settings)
         self._stopping = False
@@ -152,10 +169,9 @@ def _envoy(settings: config.Settings) -> list[str]:
 def cmd_gateway(settings: config.Settings, _: argparse.Namespace) -> int:
     command = _envoy(settings)
     log.info(
-        "HTTP gateway on port %d, forwarding to %s:%d",
-        settings.http_port,
-        settings.upstream_host,
-        settings.grpc_port,
+        "starting Envoy: HTTP gateway on %s, forwarding to %s",
+        config.address(settings.bind_host, settings.http_port),
+        config.address(settings.upstream_host, settings.grpc_port),
     )
     os.execv(command[0], command)  # Envoy takes over this process and its signals
 
@@ -181,20 +197,27 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     envoy = subprocess.Popen(
         _envoy(settings), start_new_session=True, preexec_fn=_die_with_parent()
     )
-    log.info(
-        "HTTP gateway listening on http://127.0.0.1:%d (Envoy admin on 127.0.0.1:%d)",
-        settings.http_port,
-        settings.admin_port,
-    )
+    bound = gateway.bound_address(settings.admin_port, envoy)
+    if bound:
+        log.info(
+            "HTTP gateway listening on http://%s (Envoy admin on 127.0.0.1:%d)",
+            bound,
+            settings.admin_port,
+        )
+    else:
+        log.error(
+            "Envoy did not report its listener ready (Envoy admin on 127.0.0.1:%d)",
+            settings.admin_port,
+        )
     if settings.auth_jwks_path is None:
         token = devkeys.mint_token(settings.data_dir, _all_scopes(), ttl_seconds=12 * 3600)
         log.info("a development token (all scopes, 12 hours; `comms dev-token` makes more):")
         log.info("export TOKEN=%s", token)
         log.info(
-            'try: curl -i localhost:%d/v1/sequences -H "Authorization: Bearer $TOKEN" '
+            'try: curl -i %s/v1/sequences -H "Authorization: Bearer $TOKEN" '
             "-H 'Content-Type: application/json' "
             '-d \'{"brand_id":"brand_123","name":"Welcome","steps":[]}\'',
-            settings.http_port,
+            config.address(_reachable(settings.bind_host), settings.http_port),
         )
 
     def watch_envoy() -> None:
@@ -215,8 +238,12 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     return 1 if died is not None else 0
 
 
+def _reachable(host: str) -> str:
+    """An address a local client can use for what listens on host."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 def cmd_migrate(settings: config.Settings, _: argparse.Namespace) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = db.open_database(settings.resolved_database_url)
     with database.connection_context():
         applied = migrations.migrate(database)
@@ -263,18 +290,36 @@ COMMANDS = {
 }
 
 
+def _setting_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of the settings this command uses, described by config.SETTINGS."""
+    for name, spec in config.SETTINGS.items():
+        if command in spec.commands:
+            parser.add_argument(
+                spec.flag,
+                dest=name,
+                metavar=spec.metavar,
+                help=f"{spec.help} (env {spec.env}, default {spec.default_text})",
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="comms", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        _setting_options(sub, name)
         if name == "dev-token":
             _dev_token_options(sub)
     args = parser.parse_args(argv)
+    flags = {name: getattr(args, name) for name in config.SETTINGS if hasattr(args, name)}
+    flags = {name: value for name, value in flags.items() if value is not None}
     try:
-        settings = config.load()
+        settings = config.load(os.environ, flags)
     except config.ConfigError as error:
         parser.exit(2, f"comms: {error}\n")
+    # Server processes this one starts read their settings from the environment: the flags
+    # must reach them too.
+    os.environ.update({config.SETTINGS[name].env: value for name, value in flags.items()})
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -282,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     grpc_logger.setLevel(max(logging.WARNING, grpc_logger.getEffectiveLevel()))
     handler, _ = COMMANDS[args.command]
     try:
+        datadir.make_private(settings)
         return handler(settings, args)
     except config.ConfigError as error:
         parser.exit(2, f"comms: {error}\n")

@@ -1,11 +1,19 @@
-"""Settings: read once from the environment at start-up and passed to what needs them."""
+"""Settings: read once at start-up, from the environment and the command line, and passed to
+what needs them.
+
+Each setting is described once, on its field below: default, environment variable, check,
+help, and the flag that may set it instead. `load` and the `comms` command's options are both
+made from these descriptions."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -13,28 +21,199 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Setting:
+    env: str
+    parse: Callable[[str], Any]  # raises ValueError("must be ..., got ...") on a bad value
+    help: str
+    default_text: str  # the default as --help and the errors show it
+    flag: str = ""  # e.g. "--http-port"; "" when only the environment sets it
+    commands: tuple[str, ...] = ()  # the commands that take the flag
+    metavar: str = ""
+
+
+def _setting(default: Any, env: str, parse: Callable[[str], Any], help: str, **more: Any) -> Any:
+    """A Settings field and its description (kept in the field's metadata)."""
+    default_text = more.pop("default_text", str(default))
+    spec = Setting(env, parse, help, default_text, **more)
+    return field(default=default, metadata={"setting": spec})
+
+
+def _integer(low: int, high: int | None = None, rule: str = "") -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {rule or bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"must be {' or '.join(allowed)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _ip_address(raw: str) -> str:
+    # Envoy's listener takes an address, not a name, so both are held to that.
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError(
+            f"must be an IP address such as 127.0.0.1 or 0.0.0.0, got {raw!r}"
+        ) from None
+
+
+_port = _integer(0, 65535, "a port number from 0 to 65535")
+_SERVERS = ("up", "serve")
+_GATEWAYS = ("up", "gateway")
+_STORES = ("up", "serve", "migrate")
+LOOPBACK, EVERY_INTERFACE = "127.0.0.1", "0.0.0.0"
+
+
+@dataclass(frozen=True)
 class Settings:
-    http_port: int = 8080
-    grpc_port: int = 50051
-    admin_port: int = 9901
-    bind_host: str = "0.0.0.0"
-    upstream_host: str = "127.0.0.1"
-    data_dir: Path = Path("data")
-    database_url: str = ""
-    grpc_workers: int = 16
+    http_port: int = _setting(
+        8080,
+        "COMMS_HTTP_PORT",
+        _port,
+        "public HTTP port: Envoy's listener, HTTP/JSON and gRPC",
+        flag="--http-port",
+        commands=_GATEWAYS,
+        metavar="PORT",
+    )
+    grpc_port: int = _setting(
+        50051,
+        "COMMS_GRPC_PORT",
+        _port,
+        "the gRPC server's port (the gateway forwards to it)",
+        flag="--grpc-port",
+        commands=(*_SERVERS, "gateway"),
+        metavar="PORT",
+    )
+    admin_port: int = _setting(
+        9901,
+        "COMMS_ADMIN_PORT",
+        _port,
+        "Envoy's admin port, on 127.0.0.1 only",
+        flag="--admin-port",
+        commands=_GATEWAYS,
+        metavar="PORT",
+    )
+    # Unset: loopback in development, so `make run` is not reachable from the network.
+    bind_host: str = _setting(
+        EVERY_INTERFACE,
+        "COMMS_BIND_HOST",
+        _ip_address,
+        "address the gRPC server and Envoy's public listener bind",
+        default_text=f"{LOOPBACK} when COMMS_ENV=development, else {EVERY_INTERFACE}",
+        flag="--bind-host",
+        commands=("up", "serve", "gateway"),
+        metavar="ADDRESS",
+    )
+    upstream_host: str = _setting(
+        "127.0.0.1",
+        "COMMS_UPSTREAM_HOST",
+        str,
+        "where Envoy finds the gRPC server (a name or an address)",
+    )
+    data_dir: Path = _setting(  # noqa: RUF009 (a field(), made once)
+        Path("data"),
+        "COMMS_DATA_DIR",
+        Path,
+        "directory of the SQLite file, the Envoy config and the development keys",
+        default_text="./data",
+        flag="--data-dir",
+        commands=(*_STORES, "gateway", "dev-token"),
+        metavar="DIR",
+    )
+    database_url: str = _setting(
+        "",
+        "COMMS_DATABASE_URL",
+        str,
+        "sqlite:///path or postgresql://user@host:5432/db",
+        default_text="sqlite:///<data dir>/comms.db",
+        flag="--database-url",
+        commands=_STORES,
+        metavar="URL",
+    )
+    grpc_workers: int = _setting(
+        16,
+        "COMMS_GRPC_WORKERS",
+        _integer(1),
+        "threads serving calls in each process, and database connections in its pool",
+    )
     # Server processes. With more than one, process i also listens on
     # 127.0.0.1:(grpc_port + 1 + i), which is where the gateway sends its calls.
-    server_processes: int = 1
+    server_processes: int = _setting(
+        1,
+        "COMMS_SERVER_PROCESSES",
+        _integer(1, 64),
+        "gRPC server processes",
+        default_text="one per core on PostgreSQL, one on SQLite",
+        flag="--server-processes",
+        commands=_SERVERS,
+        metavar="N",
+    )
     worker_index: int = -1  # set by the parent for each of several processes
-    max_in_flight: int = 0  # 0: eight per worker
-    sqlite_busy_timeout_ms: int = 5000
-    drain_seconds: float = 10.0
-    log_level: str = "INFO"
-    environment: str = "production"  # or "development": trusts a generated local key pair
-    auth_jwks_path: Path | None = None
-    auth_issuer: str = ""
-    auth_audience: str = ""
-    auth_leeway_seconds: int = 30
+    max_in_flight: int = _setting(
+        0,
+        "COMMS_MAX_IN_FLIGHT",
+        _integer(0),
+        "calls running or queued in a process; beyond it a call is refused at once",
+        default_text="8 x workers",
+    )
+    # Each open connection holds a descriptor and memory: without a cap a flood of idle
+    # connections exhausted the descriptors. Past it a new connection is closed at once.
+    max_connections: int = _setting(
+        1000,
+        "COMMS_MAX_CONNECTIONS",
+        _integer(1),
+        "open gRPC connections a process accepts",
+    )
+    sqlite_busy_timeout_ms: int = _setting(
+        5000,
+        "COMMS_SQLITE_BUSY_TIMEOUT_MS",
+        _integer(0),
+        "how long a SQLite writer waits for another process's lock",
+    )
+    drain_seconds: float = _setting(
+        10.0,
+        "COMMS_DRAIN_SECONDS",
+        lambda raw: float(_integer(0)(raw)),
+        "how long SIGTERM waits for in-flight calls",
+        default_text="10",
+    )
+    log_level: str = _setting("INFO", "COMMS_LOG_LEVEL", str.upper, "Python log level")
+    environment: str = _setting(
+        "production",
+        "COMMS_ENV",
+        _choice("production", "development"),
+        "development trusts a generated local key pair and binds loopback",
+    )
+    auth_jwks_path: Path | None = _setting(  # noqa: RUF009 (a field(), made once)
+        None,
+        "COMMS_AUTH_JWKS_PATH",
+        Path,
+        "JWKS file of the keys that sign tokens",
+        default_text="none",
+    )
+    auth_issuer: str = _setting(
+        "", "COMMS_AUTH_ISSUER", str, "the iss tokens must carry", default_text="none"
+    )
+    auth_audience: str = _setting(
+        "", "COMMS_AUTH_AUDIENCE", str, "the aud tokens must carry", default_text="none"
+    )
+    auth_leeway_seconds: int = _setting(
+        30, "COMMS_AUTH_LEEWAY_SECONDS", _integer(0, 300), "clock skew allowed on exp and nbf"
+    )
     # How long Envoy waits on a slow or idle HTTP client (seconds): for all the request
     # headers, for the whole request, on a stream with no activity, and on a connection
     # with no request. Not read from the environment: tests make them short.
@@ -54,70 +233,48 @@ class Settings:
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'comms.db'}"
 
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _int(env, name, default)
-    if not 0 <= value <= 65535:
-        raise ConfigError(f"{name} must be a port number from 0 to 65535, got {value}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, if the store is one."""
+        url = self.resolved_database_url
+        path = urlsplit(url).path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs -> /abs
+        if not url.startswith("sqlite") or path in ("", ":memory:"):
+            return None
+        return Path(path)
 
 
-def load(env: Mapping[str, str] = os.environ) -> Settings:
-    """Settings from COMMS_* variables; unset or empty ones take their defaults."""
-    workers = _int(env, "COMMS_GRPC_WORKERS", Settings.grpc_workers)
-    if workers < 1:
-        raise ConfigError(f"COMMS_GRPC_WORKERS must be at least 1, got {workers}")
-    database_url = env.get("COMMS_DATABASE_URL", "").strip()
-    # Unset: one per core on PostgreSQL. On SQLite one, since it has one writer: a second
-    # process added throughput but its lock hand-offs took p99 from 25 to 126 ms (bench).
-    on_sqlite = not database_url or database_url.startswith("sqlite")
-    processes = _int(env, "COMMS_SERVER_PROCESSES", 0) or (1 if on_sqlite else os.cpu_count() or 1)
-    if not 1 <= processes <= 64:
-        raise ConfigError(f"COMMS_SERVER_PROCESSES must be from 1 to 64, got {processes}")
-    max_in_flight = _int(env, "COMMS_MAX_IN_FLIGHT", Settings.max_in_flight)
-    if max_in_flight < 0:
-        raise ConfigError(f"COMMS_MAX_IN_FLIGHT must not be negative, got {max_in_flight}")
-    busy = _int(env, "COMMS_SQLITE_BUSY_TIMEOUT_MS", Settings.sqlite_busy_timeout_ms)
-    if busy < 0:
-        raise ConfigError(f"COMMS_SQLITE_BUSY_TIMEOUT_MS must not be negative, got {busy}")
-    drain = _int(env, "COMMS_DRAIN_SECONDS", int(Settings.drain_seconds))
-    if drain < 0:
-        raise ConfigError(f"COMMS_DRAIN_SECONDS must not be negative, got {drain}")
-    environment = env.get("COMMS_ENV", "").strip() or Settings.environment
-    if environment not in ("production", "development"):
-        raise ConfigError(f"COMMS_ENV must be production or development, got {environment!r}")
-    leeway = _int(env, "COMMS_AUTH_LEEWAY_SECONDS", Settings.auth_leeway_seconds)
-    if not 0 <= leeway <= 300:
-        raise ConfigError(f"COMMS_AUTH_LEEWAY_SECONDS must be from 0 to 300, got {leeway}")
-    jwks = env.get("COMMS_AUTH_JWKS_PATH", "").strip()
-    return Settings(
-        http_port=_port(env, "COMMS_HTTP_PORT", Settings.http_port),
-        grpc_port=_port(env, "COMMS_GRPC_PORT", Settings.grpc_port),
-        admin_port=_port(env, "COMMS_ADMIN_PORT", Settings.admin_port),
-        bind_host=env.get("COMMS_BIND_HOST", "").strip() or Settings.bind_host,
-        upstream_host=env.get("COMMS_UPSTREAM_HOST", "").strip() or Settings.upstream_host,
-        data_dir=Path(env.get("COMMS_DATA_DIR", "").strip() or Settings.data_dir),
-        database_url=database_url,
-        grpc_workers=workers,
-        server_processes=processes,
-        worker_index=_int(env, "COMMS_WORKER_INDEX", -1),
-        max_in_flight=max_in_flight,
-        sqlite_busy_timeout_ms=busy,
-        drain_seconds=float(drain),
-        log_level=env.get("COMMS_LOG_LEVEL", "").strip().upper() or Settings.log_level,
-        environment=environment,
-        auth_jwks_path=Path(jwks) if jwks else None,
-        auth_issuer=env.get("COMMS_AUTH_ISSUER", "").strip(),
-        auth_audience=env.get("COMMS_AUTH_AUDIENCE", "").strip(),
-        auth_leeway_seconds=leeway,
-    )
+# Settings field name -> its description, in declaration order.
+SETTINGS: dict[str, Setting] = {
+    f.name: f.metadata["setting"] for f in fields(Settings) if "setting" in f.metadata
+}
+
+
+def address(host: str, port: int) -> str:
+    """host:port as gRPC and logs write it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def load(env: Mapping[str, str] = os.environ, flags: Mapping[str, str] | None = None) -> Settings:
+    """Settings from COMMS_* variables and from flags (by field name), which win over them.
+    Unset or empty ones take their defaults; an unusable one is a ConfigError naming it."""
+    values: dict[str, Any] = {}
+    for name, spec in SETTINGS.items():
+        given = (flags or {}).get(name)
+        source, raw = (spec.flag, given) if given is not None else (spec.env, env.get(spec.env))
+        raw = (raw or "").strip()
+        if raw:
+            try:
+                values[name] = spec.parse(raw)
+            except ValueError as error:
+                raise ConfigError(f"{source} {error}") from None
+    # The defaults that depend on other settings (shown in each one's default_text).
+    if "bind_host" not in values and values.get("environment") == "development":
+        values["bind_host"] = LOOPBACK
+    if "server_processes" not in values:
+        # On SQLite one, since it has one writer: a second process added throughput but its
+        # lock hand-offs took p99 from 25 to 126 ms (bench). On PostgreSQL one per core.
+        on_sqlite = values.get("database_url", "sqlite").startswith("sqlite")
+        values["server_processes"] = 1 if on_sqlite else os.cpu_count() or 1
+    if "COMMS_WORKER_INDEX" in env:
+        values["worker_index"] = int(env["COMMS_WORKER_INDEX"])
+    return Settings(**values)

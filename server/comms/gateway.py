@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
+import time
+import urllib.request
 from importlib import resources
 from pathlib import Path
 from string import Template
 
-from comms.config import Settings
+from comms.config import Settings, address
 
 GATEWAY_DIR = Path(__file__).resolve().parents[2] / "gateway"
 # Fits the largest valid request (100 steps, every string at its limit and \u-escaped).
@@ -50,6 +53,7 @@ def _endpoints(host: str, ports: list[int]) -> str:
 def render(settings: Settings) -> str:
     template = Template((GATEWAY_DIR / "envoy.yaml.in").read_text())
     return template.substitute(
+        bind_host=settings.bind_host,
         http_port=settings.http_port,
         admin_port=settings.admin_port,
         upstream_endpoints=_endpoints(settings.upstream_host, settings.upstream_ports),
@@ -76,6 +80,25 @@ def write_config(settings: Settings, directory: Path) -> Path:
     path = directory / f"envoy-{settings.http_port}.yaml"
     path.write_text(render(settings))
     return path
+
+
+def bound_address(admin_port: int, envoy: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    """Where the public listener is bound, as Envoy's admin reports it once Envoy is ready;
+    "" if Envoy exits or is not ready within timeout."""
+    admin = f"http://127.0.0.1:{admin_port}"
+    deadline = time.monotonic() + timeout
+    while envoy.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{admin}/ready", timeout=1):
+                pass  # 200: listening; a 503 (not yet) raises
+            with urllib.request.urlopen(f"{admin}/listeners?format=json", timeout=1) as answer:
+                listeners = json.load(answer)["listener_statuses"]
+            bound = next(each for each in listeners if each["name"] == "public")
+            socket = bound["local_address"]["socket_address"]
+            return address(socket["address"], socket["port_value"])
+        except (OSError, ValueError, KeyError, StopIteration):
+            time.sleep(0.1)
+    return ""
 
 
 def envoy_binary() -> str:

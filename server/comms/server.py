@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from comms import gateway
 from comms.auth import AuthInterceptor, TokenVerifier
+from comms.config import Settings
 from comms.service import SequenceService
 from comms.unparsable import RefuseUnparsable
 from comms.v1 import sequences_pb2 as pb
@@ -50,6 +51,7 @@ def create_server(
     max_in_flight: int | None = None,
     also_listen: tuple[str, ...] = (),
     share_port: bool = False,
+    max_connections: int = Settings.max_connections,
 ) -> Server:
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
     needs a token that verifier accepts; health and reflection stay open.
@@ -60,7 +62,9 @@ def create_server(
 
     share_port lets several processes listen on address together (SO_REUSEPORT: the kernel
     spreads connections over them); otherwise a taken port is an error, not a silent share.
-    also_listen are more addresses, such as a process's own port for the gateway."""
+    also_listen are more addresses, such as a process's own port for the gateway.
+
+    Past max_connections open connections a new one is closed at once."""
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(verifier), RefuseUnparsable()],
@@ -68,6 +72,7 @@ def create_server(
             ("grpc.so_reuseport", int(share_port)),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.max_allowed_incoming_connections", max_connections),
         ],
         maximum_concurrent_rpcs=max_in_flight or 8 * workers,
     )
