@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parent
 GATEWAY_PACKAGE_DIR = "gateway_files"
 
 
-def _protogen():  # type: ignore[no-untyped-def]
+def _protogen() -> ModuleType:
+    """tools/protogen.py, loaded by path: it is not part of the installed package."""
     spec = importlib.util.spec_from_file_location("protogen", ROOT / "tools" / "protogen.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
