@@ -2,13 +2,17 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# What each stamp's install holds: the build requirements (to generate from proto/), then the
+# service (.[server]) for make run, or the service and the test tools (.[server,dev]).
+BASE := $(VENV)/.base
+SERVER := $(VENV)/.installed-server
 STAMP := $(VENV)/.installed
 GEN := server/comms/v1
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test bench chaos fuzz openapi build lint install clean
+.PHONY: run test bench chaos fuzz openapi build generate lint install clean
 
-run: build
+run: $(SERVER) generate
 	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
 
 test: build lint
@@ -31,28 +35,32 @@ chaos: build
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The [build-system] requires of pyproject.toml: what generating from proto/ needs.
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c 'import subprocess, sys, tomllib; subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", *tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]])'
 	touch $@
 
-# Python code, the descriptor set Envoy loads and the OpenAPI document, all generated from
-# proto/ (never committed; openapi/openapi.json is a checked copy, see `make openapi`).
-build: $(GEN)/api.binpb $(GEN)/openapi.json
+# Editable installs, built with the requirements above (no isolated build environment).
+$(SERVER): $(BASE)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[server]'
+	touch $@
 
-# buf/validate/validate.proto comes from the protovalidate wheel (comms.bufvalidate); its
-# Python module is generated beside ours (server/buf/, never committed).
-$(GEN)/api.binpb: $(PROTOS) $(STAMP)
-	mkdir -p $(GEN) build
-	$(PY) -m comms.bufvalidate build/validate.binpb
-	$(PY) -m grpc_tools.protoc --descriptor_set_in=build/validate.binpb --python_out=server --pyi_out=server buf/validate/validate.proto
-	$(PY) -m grpc_tools.protoc --descriptor_set_in=build/validate.binpb -Iproto -I"$$($(PY) -c 'import google.api, pathlib; print(pathlib.Path(google.api.__path__[0]).parents[1])')" \
-		--python_out=server --pyi_out=server --grpc_python_out=server \
-		--include_imports --include_source_info --descriptor_set_out=$@ $(PROTOS)
+$(STAMP): $(BASE)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[server,dev]'
+	touch $@
 
-$(GEN)/openapi.json: $(GEN)/api.binpb server/comms/openapi.py server/comms/validation.py
-	$(PY) -m comms.openapi $< -o $@
+# The dev install and everything generated from proto/.
+build: $(STAMP) generate
+
+# The stubs, the descriptor set Envoy loads and the OpenAPI document, into server/comms/v1 by
+# tools/protogen.py (as a wheel's build does; never committed; openapi/openapi.json is a
+# checked copy, see `make openapi`).
+generate: $(GEN)/openapi.json
+
+$(GEN)/openapi.json: $(PROTOS) tools/protogen.py server/comms/openapi.py server/comms/validation.py $(BASE)
+	$(PY) tools/protogen.py server
 
 # Refresh the committed copy of the document; a test fails while the two differ.
 openapi: $(GEN)/openapi.json
@@ -65,8 +73,8 @@ fuzz: build
 
 lint: build
 	$(VENV)/bin/buf lint $(GEN)/api.binpb --path comms
-	$(VENV)/bin/ruff check server tests bench
-	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/ruff check server tests bench tools setup.py
+	$(VENV)/bin/ruff format --check server tests bench tools setup.py
 	$(VENV)/bin/mypy
 
 clean:

@@ -14,7 +14,15 @@ from string import Template
 
 from comms.config import Settings, address
 
-GATEWAY_DIR = Path(__file__).resolve().parents[2] / "gateway"
+
+def _gateway_dir() -> Path:
+    """gateway/: inside the package in an installed wheel (setup.py copies it there), else
+    the checkout's top-level directory (an editable install)."""
+    packaged = Path(__file__).resolve().parent / "gateway_files"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "gateway"
+
+
+GATEWAY_DIR = _gateway_dir()
 # Fits the largest valid request (100 steps, every string at its limit and \u-escaped).
 MAX_BODY_BYTES = 1024 * 1024
 # Request headers, request line included, that Envoy accepts (beyond: 431): room for a

@@ -2,7 +2,8 @@
 
 Each ```sh block holding one command is followed by a ```text block with what it prints.
 Ports are swapped for the stack's; ids and timestamps are compared by shape only. For
-`curl -i` the status line and the headers shown must match and the body must be equal."""
+`curl -i` the status line and the headers shown must match and the body must be equal.
+The ```python client example, followed by its ```text output, is run the same way."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ EXAMPLE = re.compile(
 )
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z")
+PYTHON_EXAMPLE = re.compile(r"```python\n(?P<code>.*?)```\n```text\n(?P<output>.*?)```", re.S)
 EXAMPLES = EXAMPLE.findall(README.read_text())
+PYTHON_EXAMPLES = PYTHON_EXAMPLE.findall(README.read_text())
 
 
 def _shape(text: str) -> str:
@@ -38,18 +41,22 @@ def _split_http(text: str) -> tuple[str, set[str], str]:
 
 def test_the_readme_has_its_examples() -> None:
     assert len(EXAMPLES) == 12
+    assert len(PYTHON_EXAMPLES) == 1
+
+
+def _run(stack: Stack, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """The command with the README's ports swapped for the stack's, and a token in $TOKEN."""
+    ports = {"localhost:8080": stack.envoy_target, "localhost:50051": stack.grpc_target}
+    for written, real in ports.items():
+        command = [part.replace(written, real) for part in command]
+    env = os.environ | {"NO_PROXY": "*", "TOKEN": stack.keys.token()}
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env, check=False)
 
 
 @pytest.mark.parametrize(("command", "shown"), EXAMPLES, ids=[c[:60] for c, _ in EXAMPLES])
 def test_readme_example(stack: Stack, command: str, shown: str) -> None:
-    ports = {"localhost:8080": stack.envoy_target, "localhost:50051": stack.grpc_target}
-    for written, real in ports.items():
-        command = command.replace(written, real)
     command = command.replace(".venv/bin/", str(Path(sys.executable).parent) + "/")
-    env = os.environ | {"NO_PROXY": "*", "TOKEN": stack.keys.token()}
-    ran = subprocess.run(
-        ["bash", "-c", command], capture_output=True, text=True, timeout=30, env=env, check=False
-    )
+    ran = _run(stack, ["bash", "-c", command])
     if command.startswith("curl -i "):
         status, headers, body = _split_http(ran.stdout)
         want_status, want_headers, want_body = _split_http(shown)
@@ -57,3 +64,10 @@ def test_readme_example(stack: Stack, command: str, shown: str) -> None:
         assert want_headers <= headers
     else:
         assert _shape(ran.stdout + ran.stderr) == _shape(shown)
+
+
+@pytest.mark.parametrize(("code", "shown"), PYTHON_EXAMPLES)
+def test_readme_python_example(stack: Stack, code: str, shown: str) -> None:
+    ran = _run(stack, [sys.executable, "-c", code])
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert _shape(ran.stdout) == _shape(shown)

@@ -1,12 +1,11 @@
 """The document's schemas for POST /v1/sequences held to the seed's (the comms API reference
-page in ../shared/seed, read at test time): each example gets the same verdict from both, except
-where CONTRACT.md, or the README's account of the gateway, is more precise than the seed; such
-an example says why."""
+page for that operation; its three schemas are kept in tests/fixtures/seed_post_sequences.json):
+each example gets the same verdict from both, except where CONTRACT.md, or the README's account
+of the gateway, is more precise than the seed; such an example says why."""
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,25 +17,17 @@ from comms import gateway
 from tests.openapi_schema import body_pointer, response_pointer, validator
 from tests.requests import valid_body, with_value, without
 
-SEED_DIR = Path(__file__).resolve().parents[3] / "shared" / "seed"
+SEED_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "seed_post_sequences.json"
 DOC: dict[str, Any] = json.loads(gateway.openapi_path().read_text())
 PATH, METHOD = "/v1/sequences", "post"
 
 
 def _seed_schemas() -> dict[str, Any]:
-    """Each JSON schema on the seed page, by the heading line above it."""
-    pages = [p for p in sorted(SEED_DIR.glob("*.txt")) if "POST /v1/sequences" in p.read_text()]
-    assert pages, f"no seed page for POST /v1/sequences in {SEED_DIR} (CI copies shared/ there)"
-    text = pages[0].read_text()
-    found: dict[str, Any] = {}
-    end = 0
-    for start in (m.start() for m in re.finditer(r"^\{", text, re.M)):
-        if start < end:
-            continue  # inside the schema just read
-        schema, end = json.JSONDecoder().raw_decode(text, start)
-        heading = text[:start].strip().rsplit("\n", 1)[-1].strip()
-        found[heading] = schema
-    return found
+    """Each JSON schema of the seed page, by the heading above it on that page."""
+    seed = json.loads(SEED_FILE.read_text())
+    assert seed["operation"] == f"{METHOD.upper()} {PATH}"
+    schemas: dict[str, Any] = seed["schemas"]
+    return schemas
 
 
 SEED = _seed_schemas()
