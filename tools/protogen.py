@@ -82,9 +82,11 @@ def generate(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         validate_set = Path(tmp) / "validate.binpb"
         validate_set.write_bytes(validate_descriptor_set())
-        validate_module = [f"--python_out={out}", f"--pyi_out={out}", VALIDATE_PROTO]
-        for args in ([f"--descriptor_set_in={validate_set}", *validate_module],
-                     protoc_args(out, validate_set)):
+        validate_module = [*_includes(), f"--python_out={out}", f"--pyi_out={out}", VALIDATE_PROTO]
+        for args in (
+            [f"--descriptor_set_in={validate_set}", *validate_module],
+            protoc_args(out, validate_set),
+        ):
             if protoc.main(["protoc", *args]) != 0:
                 raise SystemExit("protoc failed (its message is above)")
     # comms.openapi reads the fresh stubs in `out` and the rest of comms from the source tree.
