@@ -152,6 +152,18 @@ local function tidy(msg)
   return path .. ": " .. rest
 end
 
+-- Would the server surely refuse the caller's token, whatever it is? No single
+-- Authorization header, not "Bearer <token>" (auth.bearer_token), or a token
+-- that is not three dot-separated base64url parts, as every signed JWT is (so
+-- no key could have signed it; HTTP/1 joins repeated headers with a comma).
+-- Only what the server can never accept: in doubt, leave the verdict to it.
+local function surely_unauthenticated(headers)
+  if headers:getNumValues("authorization") ~= 1 then return true end
+  local scheme, token = headers:get("authorization"):match("^(%S+)%s+(.*)$")
+  return not (scheme and scheme:lower() == "bearer"
+    and token:find("^[%w_-]+%.[%w_-]+%.[%w_-]*%s*$"))
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   -- Remember the caller kind: transcoded responses (and requests, once past
@@ -163,8 +175,20 @@ function envoy_on_request(handle)
   end
   handle:streamInfo():dynamicMetadata():set(NS, "caller", "http")
 
+  -- Only the routes to the server (envoy.yaml.in marks them) need a token.
+  if not handle:metadata():get("rpc") then return end
+  local method = headers:get(":method")
   local path = (headers:get(":path") or ""):match("^[^?]*")
-  if headers:get(":method") ~= "POST" or path ~= "/v1/sequences" then return end
+  if surely_unauthenticated(headers) then
+    -- 401 before any 422: send the server a call it refuses for the token
+    -- alone, without the caller's query and body (which the transcoder and the
+    -- checks below would judge first), so that it words the 401 as always.
+    headers:replace(":path", path)
+    local body = handle:body()
+    if body then body:setBytes("") end
+    return
+  end
+  if method ~= "POST" then return end
 
   -- Local 422 replies carry the bare message; envoy_on_response wraps it.
   local body = handle:body()
