@@ -54,16 +54,21 @@ end
 -- "not_array", "malformed" for tokens JSON never allows but the transcoder
 -- accepts ('single quotes', unquoted keys: they would hide a "steps" key),
 -- "refused" and a message for what the transcoder would misread silently
--- (a null or list item of "steps": skipped or flattened; an empty key in
--- the body or a step: read as the object itself), or nil when the body is
--- not an object or is cut short (the transcoder reports those with its own
--- message).
+-- (a null or list item of "steps": skipped or flattened), or nil when the
+-- body is not an object or is cut short (the transcoder reports those with
+-- its own message). A third value is the body to forward instead, when it has
+-- members with an empty name in the body or a step: the transcoder would read
+-- them as the object itself, so they are dropped, as unknown fields are ignored.
 local function steps_state(body)
   local i = body:find("%S")
   if not i or body:sub(i, i) ~= "{" then return nil end
   local depth, state, n = 0, "missing", #body
   -- Where the steps array opens, whether we are in it, its current item.
   local steps_at, in_steps, item, problem = nil, false, 0, nil
+  -- Spans of empty-name members to drop, the one being read ({from, depth,
+  -- kept}), and whether the object at each depth has a member kept before it:
+  -- then the comma before the dropped one goes with it, else the one after.
+  local cuts, cut, kept = {}, nil, {}
   while true do
     local j = body:find('["{}%[%]]', i)
     if not j then return nil end
@@ -89,9 +94,22 @@ local function steps_state(body)
       end
       local colon = body:find("%S", k + 1)
       local is_key = colon and body:sub(colon, colon) == ":"
-      if is_key and k == j + 1 and (depth == 1 or (in_steps and depth == 3)) then
-        local where = depth == 1 and "body" or string.format("steps[%d]", item)
-        problem = problem or (where .. ": field names must not be empty")
+      if is_key and (depth == 1 or (in_steps and depth == 3)) then
+        -- The comma before this member (nil if missing: the transcoder says so).
+        local comma = gap:find(",")
+        comma = comma and i + comma - 1
+        if cut and cut[2] == depth then  -- the member being dropped ends here
+          if cut[3] and not comma then return nil end
+          cuts[#cuts + 1] = {cut[1], cut[3] and comma - 1 or j - 1}
+          cut = nil
+        end
+        if k ~= j + 1 then
+          kept[depth] = true
+        elseif kept[depth] and not comma then
+          return nil
+        else
+          cut = {kept[depth] and comma or j, depth, kept[depth]}
+        end
       end
       if depth == 1 and is_key and unescape_key(body:sub(j + 1, k - 1)) == "steps" then
         local v = body:find("%S", colon + 1)
@@ -106,7 +124,12 @@ local function steps_state(body)
       if in_steps and depth == 2 and c == "[" then
         problem = problem or string.format("steps[%d]: must be an object (got a list)", item)
       end
+      if c == "}" and cut and cut[2] == depth then
+        cuts[#cuts + 1] = {cut[1], j - 1}
+        cut = nil
+      end
       depth = depth + ((c == "{" or c == "[") and 1 or -1)
+      if c == "{" then kept[depth] = false end
       i = j + 1
       if j == steps_at then in_steps, item = true, 0 end
       if depth < 2 then in_steps = false end
@@ -115,7 +138,14 @@ local function steps_state(body)
         -- The object closed: only whitespace may follow.
         if body:find("%S", i) then return nil end
         if problem then return "refused", problem end
-        return state
+        if #cuts == 0 then return state end
+        local parts, from = {}, 1
+        for _, span in ipairs(cuts) do
+          parts[#parts + 1] = body:sub(from, span[1] - 1)
+          from = span[2] + 1
+        end
+        parts[#parts + 1] = body:sub(from)
+        return state, nil, table.concat(parts)
       end
     end
     if i > n then return nil end
@@ -197,7 +227,7 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "body: must be a JSON object")
     return
   end
-  local state, problem = steps_state(text)
+  local state, problem, forward = steps_state(text)
   if state == "refused" then
     handle:respond({[":status"] = "422"}, problem)
   elseif state == "missing" then
@@ -206,6 +236,8 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "steps: must be an array")
   elseif state == "malformed" then
     handle:respond({[":status"] = "422"}, "body: malformed JSON")
+  elseif forward then
+    body:setBytes(forward)
   end
 end
 

@@ -151,6 +151,42 @@ def test_unknown_fields_are_ignored(stack: Stack) -> None:
     assert "colour" not in answer
 
 
+EMPTY_KEY_VALUES = {
+    "string": '"x"',
+    "number": "-1.5e3",
+    "object": '{"name": "other", "steps": [], "": 1}',
+    "array": '[1, {"": 2}, [null]]',
+    "null": "null",
+}
+
+
+@pytest.mark.parametrize("value", EMPTY_KEY_VALUES.values(), ids=EMPTY_KEY_VALUES)
+def test_empty_field_names_are_ignored(stack: Stack, value: str) -> None:
+    """Found by make fuzz: the transcoder read a member named "" as the object itself (its
+    value overwrote the fields), so the gateway drops such members before it, wherever they
+    stand: first, last, several in a row, at the top level and in a step."""
+    raw = json.dumps(valid_body())
+    member = f'"": {value}'
+    raw = raw.replace(', "steps"', f', {member},{member} , "steps"', 1)
+    raw = raw.replace('{"brand_id"', f'{{{member}, "brand_id"', 1)
+    raw = raw.replace('{"position": 0', f'{{ {member} ,{member}, "position": 0', 1)
+    raw = raw.replace('"delay_minutes": 1440}', f'"delay_minutes": 1440, {member}}}', 1)
+    raw = raw[:-1] + f", {member},{member}}}"
+    assert raw.count(member) == 8
+    before = stack.counts()
+    response = stack.envoy.request("POST", "/v1/sequences", raw, {"Content-Type": "application/json"})
+    assert response.status == 201, response.body
+    assert stack.counts() == (before[0] + 1, before[1] + 3)
+    row, steps = stack.stored(response.json()["id"])
+    assert (row["brand_id"], row["name"], row["description"]) == (
+        "brand_123",
+        "Welcome series",
+        "Greets new members",
+    )
+    expected = [{k: s[k] for k in ("position", "template_key")} for s in valid_body()["steps"]]
+    assert [{k: s[k] for k in ("position", "template_key")} for s in steps] == expected
+
+
 def test_protobuf_json_leniency_is_accepted(stack: Stack) -> None:
     """What protobuf's JSON mapping reads beyond the contract (documented in the README)."""
     body = {
@@ -296,14 +332,21 @@ GATEWAY_REFUSALS = {
         json.dumps(with_value("steps", [valid_body()["steps"]])),
         "steps[0]: must be an object (got a list)",
     ),
-    # Found by make fuzz: the transcoder read an empty key as the object itself.
-    "empty key in the body": (
-        json.dumps(valid_body() | {"": 1}),
-        "body: field names must not be empty",
+    "empty key after a missing comma": (
+        '{"name": "n" "": 1, "steps": []}',
+        "body: malformed JSON: Expected , or } after key:value pair.",
     ),
-    "empty key in a step": (
-        json.dumps(with_value("steps", [*valid_body()["steps"], {"": {"position": 9}}])),
-        "steps[3]: field names must not be empty",
+    "empty key before a missing comma": (
+        '{"name": "n", "": 1 "steps": []}',
+        "body: malformed JSON: Expected , or } after key:value pair.",
+    ),
+    # An empty name is ignored, like any unknown field: this step is then empty.
+    "step with only an empty key": (
+        json.dumps(with_value("steps", [{"": {"position": 9}}])),
+        "steps[0].position: is required and must be an integer from 0 to 2147483647; "
+        "steps[0].channel: is required and must be one of email, sms, push, in_app; "
+        "steps[0].template_key: is required and must be a non-empty string; "
+        "steps[0].delay_minutes: is required and must be an integer from 0 to 2147483647",
     ),
     # Found by make fuzz: output-only fields are ignored, but parsed with their type.
     "output-only step id not a string": (
