@@ -48,18 +48,28 @@ local function unescape_key(s)
   return (s:gsub("\\(.)", "%1"))
 end
 
+-- Words for the transcoder's "invalid value X for type T" messages.
+local TYPE_RULES = {
+  TYPE_INT32 = "must be an integer from 0 to 2147483647",
+  TYPE_STRING = "must be a string",
+  ["type.googleapis.com/comms.v1.Channel"] = "must be one of email, sms, push, in_app",
+  ["type.googleapis.com/comms.v1.Step"] = "must be an object",
+}
+
 -- Does the top-level object have a "steps" key holding an array? The
 -- transcoder reads a missing "steps", null and [] all as an empty list, and
 -- {} as one element, so only the raw body can tell. Returns "ok", "missing",
 -- "not_array", "malformed" for tokens JSON never allows but the transcoder
 -- accepts ('single quotes', unquoted keys: they would hide a "steps" key),
 -- "refused" and a message for what the transcoder would misread silently
--- (a null or list item of "steps": skipped or flattened), or nil when the
+-- (a null or list item of "steps": skipped or flattened) or refuse without
+-- naming the field (a list for one of single_fields, the fields that take one
+-- value, by JSON name: {body = {...}, step = {...}}), or nil when the
 -- body is not an object or is cut short (the transcoder reports those with
 -- its own message). A third value is the body to forward instead, when it has
 -- members with an empty name in the body or a step: the transcoder would read
 -- them as the object itself, so they are dropped, as unknown fields are ignored.
-local function steps_state(body)
+local function steps_state(body, single_fields)
   local i = body:find("%S")
   if not i or body:sub(i, i) ~= "{" then return nil end
   local depth, state, n = 0, "missing", #body
@@ -105,6 +115,13 @@ local function steps_state(body)
         end
         if k ~= j + 1 then
           kept[depth] = true
+          local name = unescape_key(body:sub(j + 1, k - 1))
+          local field = single_fields[depth == 1 and "body" or "step"][name]
+          if field and body:find("^%s*%[", colon + 1) then
+            local where = depth == 1 and "" or string.format("steps[%d].", item)
+            problem = problem or string.format("%s%s: %s (got a list)", where, field.name,
+              TYPE_RULES[field.type] or "must not be a list")
+          end
         elseif kept[depth] and not comma then
           return nil
         else
@@ -151,14 +168,6 @@ local function steps_state(body)
     if i > n then return nil end
   end
 end
-
--- Words for the transcoder's "invalid value X for type T" messages.
-local TYPE_RULES = {
-  TYPE_INT32 = "must be an integer from 0 to 2147483647",
-  TYPE_STRING = "must be a string",
-  ["type.googleapis.com/comms.v1.Channel"] = "must be one of email, sms, push, in_app",
-  ["type.googleapis.com/comms.v1.Step"] = "must be an object",
-}
 
 -- Make a transcoder failure read like the server's messages: "<field path>:
 -- <rule>". Parse errors have no path and append a multi-line excerpt of the
@@ -227,7 +236,7 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "body: must be a JSON object")
     return
   end
-  local state, problem, forward = steps_state(text)
+  local state, problem, forward = steps_state(text, handle:metadata():get("single_fields"))
   if state == "refused" then
     handle:respond({[":status"] = "422"}, problem)
   elseif state == "missing" then
