@@ -63,8 +63,8 @@ local TYPE_RULES = {
 -- accepts ('single quotes', unquoted keys: they would hide a "steps" key),
 -- "refused" and a message for what the transcoder would misread silently
 -- (a null or list item of "steps": skipped or flattened) or refuse without
--- naming the field (a list for one of single_fields, the fields that take one
--- value, by JSON name: {body = {...}, step = {...}}), or nil when the
+-- naming the field (a list for a field that takes one value: single_fields()
+-- gives them by JSON name, {body = {...}, step = {...}}), or nil when the
 -- body is not an object or is cut short (the transcoder reports those with
 -- its own message). A third value is the body to forward instead, when it has
 -- members with an empty name in the body or a step: the transcoder would read
@@ -106,7 +106,7 @@ local function steps_state(body, single_fields)
       local is_key = colon and body:sub(colon, colon) == ":"
       if is_key and (depth == 1 or (in_steps and depth == 3)) then
         -- The comma before this member (nil if missing: the transcoder says so).
-        local comma = gap:find(",")
+        local comma = (cut or k == j + 1) and gap:find(",")
         comma = comma and i + comma - 1
         if cut and cut[2] == depth then  -- the member being dropped ends here
           if cut[3] and not comma then return nil end
@@ -115,12 +115,15 @@ local function steps_state(body, single_fields)
         end
         if k ~= j + 1 then
           kept[depth] = true
-          local name = unescape_key(body:sub(j + 1, k - 1))
-          local field = single_fields[depth == 1 and "body" or "step"][name]
-          if field and body:find("^%s*%[", colon + 1) then
-            local where = depth == 1 and "" or string.format("steps[%d].", item)
-            problem = problem or string.format("%s%s: %s (got a list)", where, field.name,
-              TYPE_RULES[field.type] or "must not be a list")
+          if body:find("^%s*%[", colon + 1) then  -- a list: is it for a one-value field?
+            local name = unescape_key(body:sub(j + 1, k - 1))
+            local field = not (depth == 1 and name == "steps")
+              and single_fields()[depth == 1 and "body" or "step"][name]
+            if field then
+              local where = depth == 1 and "" or string.format("steps[%d].", item)
+              problem = problem or string.format("%s%s: %s (got a list)", where, field.name,
+                TYPE_RULES[field.type] or "must not be a list")
+            end
           end
         elseif kept[depth] and not comma then
           return nil
@@ -197,10 +200,8 @@ end
 -- no key could have signed it; HTTP/1 joins repeated headers with a comma).
 -- Only what the server can never accept: in doubt, leave the verdict to it.
 local function surely_unauthenticated(headers)
-  if headers:getNumValues("authorization") ~= 1 then return true end
-  local scheme, token = headers:get("authorization"):match("^(%S+)%s+(.*)$")
-  return not (scheme and scheme:lower() == "bearer"
-    and token:find("^[%w_-]+%.[%w_-]+%.[%w_-]*%s*$"))
+  return headers:getNumValues("authorization") ~= 1 or not headers:get("authorization"):find(
+    "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+[%w_-]+%.[%w_-]+%.[%w_-]*%s*$")
 end
 
 function envoy_on_request(handle)
@@ -236,7 +237,10 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "body: must be a JSON object")
     return
   end
-  local state, problem, forward = steps_state(text, handle:metadata():get("single_fields"))
+  -- The route's table is read only for a list value that is not "steps".
+  local state, problem, forward = steps_state(text, function()
+    return handle:metadata():get("single_fields")
+  end)
   if state == "refused" then
     handle:respond({[":status"] = "422"}, problem)
   elseif state == "missing" then
