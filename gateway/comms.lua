@@ -196,12 +196,12 @@ end
 
 -- Would the server surely refuse the caller's token, whatever it is? No single
 -- Authorization header, not "Bearer <token>" (auth.bearer_token), or a token
--- that is not three dot-separated base64url parts, as every signed JWT is (so
--- no key could have signed it; HTTP/1 joins repeated headers with a comma).
--- Only what the server can never accept: in doubt, leave the verdict to it.
+-- that is not three dot-separated base64url parts (PyJWT refuses any other
+-- character but trailing "=" padding; HTTP/1 joins repeated headers with a
+-- comma). Only what the server can never accept: in doubt, leave it the verdict.
 local function surely_unauthenticated(headers)
   return headers:getNumValues("authorization") ~= 1 or not headers:get("authorization"):find(
-    "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+[%w_-]+%.[%w_-]+%.[%w_-]*%s*$")
+    "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+[%w_-]+=*%.[%w_-]*=*%.[%w_-]*=*%s*$")
 end
 
 function envoy_on_request(handle)
