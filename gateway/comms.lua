@@ -48,22 +48,37 @@ local function unescape_key(s)
   return (s:gsub("\\(.)", "%1"))
 end
 
+-- Words for the transcoder's "invalid value X for type T" messages.
+local TYPE_RULES = {
+  TYPE_INT32 = "must be an integer from 0 to 2147483647",
+  TYPE_STRING = "must be a string",
+  ["type.googleapis.com/comms.v1.Channel"] = "must be one of email, sms, push, in_app",
+  ["type.googleapis.com/comms.v1.Step"] = "must be an object",
+}
+
 -- Does the top-level object have a "steps" key holding an array? The
 -- transcoder reads a missing "steps", null and [] all as an empty list, and
 -- {} as one element, so only the raw body can tell. Returns "ok", "missing",
 -- "not_array", "malformed" for tokens JSON never allows but the transcoder
 -- accepts ('single quotes', unquoted keys: they would hide a "steps" key),
 -- "refused" and a message for what the transcoder would misread silently
--- (a null or list item of "steps": skipped or flattened; an empty key in
--- the body or a step: read as the object itself), or nil when the body is
--- not an object or is cut short (the transcoder reports those with its own
--- message).
-local function steps_state(body)
+-- (a null or list item of "steps": skipped or flattened) or refuse without
+-- naming the field (a list for a field that takes one value: single_fields()
+-- gives them by JSON name, {body = {...}, step = {...}}), or nil when the
+-- body is not an object or is cut short (the transcoder reports those with
+-- its own message). A third value is the body to forward instead, when it has
+-- members with an empty name in the body or a step: the transcoder would read
+-- them as the object itself, so they are dropped, as unknown fields are ignored.
+local function steps_state(body, single_fields)
   local i = body:find("%S")
   if not i or body:sub(i, i) ~= "{" then return nil end
   local depth, state, n = 0, "missing", #body
   -- Where the steps array opens, whether we are in it, its current item.
   local steps_at, in_steps, item, problem = nil, false, 0, nil
+  -- Spans of empty-name members to drop, the one being read ({from, depth,
+  -- kept}), and whether the object at each depth has a member kept before it:
+  -- then the comma before the dropped one goes with it, else the one after.
+  local cuts, cut, kept = {}, nil, {}
   while true do
     local j = body:find('["{}%[%]]', i)
     if not j then return nil end
@@ -89,9 +104,32 @@ local function steps_state(body)
       end
       local colon = body:find("%S", k + 1)
       local is_key = colon and body:sub(colon, colon) == ":"
-      if is_key and k == j + 1 and (depth == 1 or (in_steps and depth == 3)) then
-        local where = depth == 1 and "body" or string.format("steps[%d]", item)
-        problem = problem or (where .. ": field names must not be empty")
+      if is_key and (depth == 1 or (in_steps and depth == 3)) then
+        -- The comma before this member (nil if missing: the transcoder says so).
+        local comma = (cut or k == j + 1) and gap:find(",")
+        comma = comma and i + comma - 1
+        if cut and cut[2] == depth then  -- the member being dropped ends here
+          if cut[3] and not comma then return nil end
+          cuts[#cuts + 1] = {cut[1], cut[3] and comma - 1 or j - 1}
+          cut = nil
+        end
+        if k ~= j + 1 then
+          kept[depth] = true
+          if body:find("^%s*%[", colon + 1) then  -- a list: is it for a one-value field?
+            local name = unescape_key(body:sub(j + 1, k - 1))
+            local field = not (depth == 1 and name == "steps")
+              and single_fields()[depth == 1 and "body" or "step"][name]
+            if field then
+              local where = depth == 1 and "" or string.format("steps[%d].", item)
+              problem = problem or string.format("%s%s: %s (got a list)", where, field.name,
+                TYPE_RULES[field.type] or "must not be a list")
+            end
+          end
+        elseif kept[depth] and not comma then
+          return nil
+        else
+          cut = {kept[depth] and comma or j, depth, kept[depth]}
+        end
       end
       if depth == 1 and is_key and unescape_key(body:sub(j + 1, k - 1)) == "steps" then
         local v = body:find("%S", colon + 1)
@@ -106,7 +144,12 @@ local function steps_state(body)
       if in_steps and depth == 2 and c == "[" then
         problem = problem or string.format("steps[%d]: must be an object (got a list)", item)
       end
+      if c == "}" and cut and cut[2] == depth then
+        cuts[#cuts + 1] = {cut[1], j - 1}
+        cut = nil
+      end
       depth = depth + ((c == "{" or c == "[") and 1 or -1)
+      if c == "{" then kept[depth] = false end
       i = j + 1
       if j == steps_at then in_steps, item = true, 0 end
       if depth < 2 then in_steps = false end
@@ -115,20 +158,19 @@ local function steps_state(body)
         -- The object closed: only whitespace may follow.
         if body:find("%S", i) then return nil end
         if problem then return "refused", problem end
-        return state
+        if #cuts == 0 then return state end
+        local parts, from = {}, 1
+        for _, span in ipairs(cuts) do
+          parts[#parts + 1] = body:sub(from, span[1] - 1)
+          from = span[2] + 1
+        end
+        parts[#parts + 1] = body:sub(from)
+        return state, nil, table.concat(parts)
       end
     end
     if i > n then return nil end
   end
 end
-
--- Words for the transcoder's "invalid value X for type T" messages.
-local TYPE_RULES = {
-  TYPE_INT32 = "must be an integer from 0 to 2147483647",
-  TYPE_STRING = "must be a string",
-  ["type.googleapis.com/comms.v1.Channel"] = "must be one of email, sms, push, in_app",
-  ["type.googleapis.com/comms.v1.Step"] = "must be an object",
-}
 
 -- Make a transcoder failure read like the server's messages: "<field path>:
 -- <rule>". Parse errors have no path and append a multi-line excerpt of the
@@ -185,6 +227,16 @@ local function oversized_answer(handle, headers, limit)
   end
 end
 
+-- Would the server surely refuse the caller's token, whatever it is? No single
+-- Authorization header, not "Bearer <token>" (auth.bearer_token), or a token
+-- that is not three dot-separated base64url parts (PyJWT refuses any other
+-- character but trailing "=" padding; HTTP/1 joins repeated headers with a
+-- comma). Only what the server can never accept: in doubt, leave it the verdict.
+local function surely_unauthenticated(headers)
+  return headers:getNumValues("authorization") ~= 1 or not headers:get("authorization"):find(
+    "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+[%w_-]+=*%.[%w_-]*=*%.[%w_-]*=*%s*$")
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   -- Remember the caller kind: transcoded responses (and requests, once past
@@ -197,8 +249,20 @@ function envoy_on_request(handle)
   handle:streamInfo():dynamicMetadata():set(NS, "caller", "http")
   if drain_oversized(handle, headers) then return end
 
+  -- Only the routes to the server (envoy.yaml.in marks them) need a token.
+  if not handle:metadata():get("rpc") then return end
+  local method = headers:get(":method")
   local path = (headers:get(":path") or ""):match("^[^?]*")
-  if headers:get(":method") ~= "POST" or path ~= "/v1/sequences" then return end
+  if surely_unauthenticated(headers) then
+    -- 401 before any 422: send the server a call it refuses for the token
+    -- alone, without the caller's query and body (which the transcoder and the
+    -- checks below would judge first), so that it words the 401 as always.
+    headers:replace(":path", path)
+    local body = handle:body()
+    if body then body:setBytes("") end
+    return
+  end
+  if method ~= "POST" then return end
 
   -- Local 422 replies carry the bare message; envoy_on_response wraps it.
   local body = handle:body()
@@ -207,7 +271,10 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "body: must be a JSON object")
     return
   end
-  local state, problem = steps_state(text)
+  -- The route's table is read only for a list value that is not "steps".
+  local state, problem, forward = steps_state(text, function()
+    return handle:metadata():get("single_fields")
+  end)
   if state == "refused" then
     handle:respond({[":status"] = "422"}, problem)
   elseif state == "missing" then
@@ -216,6 +283,8 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "steps: must be an array")
   elseif state == "malformed" then
     handle:respond({[":status"] = "422"}, "body: malformed JSON")
+  elseif forward then
+    body:setBytes(forward)
   end
 end
 

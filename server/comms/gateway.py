@@ -11,8 +11,12 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Any
+
+from google.protobuf import descriptor_pb2
 
 from comms.config import Settings, address
+from comms.v1 import sequences_pb2 as pb
 
 
 def _gateway_dir() -> Path:
@@ -58,6 +62,31 @@ def _endpoints(host: str, ports: list[int]) -> str:
     )
 
 
+def _single_fields() -> str:
+    """For comms.lua, as a YAML flow map: the fields of a create body and of its steps that
+    take one value (not a list), by each JSON name the transcoder reads, with their proto
+    name and their type as the transcoder's messages name it."""
+
+    def table(message: Any) -> dict[str, dict[str, str]]:  # a protobuf Descriptor
+        fields = {}
+        for field in message.fields:
+            if field.is_repeated:
+                continue
+            kind = field.enum_type or field.message_type
+            type_name = (
+                f"type.googleapis.com/{kind.full_name}"
+                if kind
+                else descriptor_pb2.FieldDescriptorProto.Type.Name(field.type)
+            )
+            for name in (field.name, field.json_name):
+                fields[name] = {"name": field.name, "type": type_name}
+        return fields
+
+    request = pb.CreateSequenceRequest.DESCRIPTOR
+    step = request.fields_by_name["steps"].message_type
+    return json.dumps({"body": table(request), "step": table(step)})
+
+
 def render(settings: Settings) -> str:
     template = Template((GATEWAY_DIR / "envoy.yaml.in").read_text())
     return template.substitute(
@@ -71,6 +100,7 @@ def render(settings: Settings) -> str:
         max_body_bytes=MAX_BODY_BYTES,
         max_headers_kib=MAX_HEADERS_KIB,
         max_headers_count=MAX_HEADERS_COUNT,
+        single_fields=_single_fields(),
         headers_timeout=_duration(settings.gateway_headers_timeout),
         request_timeout=_duration(settings.gateway_request_timeout),
         stream_idle_timeout=_duration(settings.gateway_stream_idle_timeout),

@@ -315,9 +315,6 @@ class Builder:
         schema: Schema = {"type": "object", "properties": properties}
         if required:
             schema["required"] = required
-        if not output:
-            # An empty key would be misread as the object itself; comms.lua refuses it.
-            schema["propertyNames"] = {"minLength": 1}
         return _described(schema, self.d.comments.get(type_name, ""))
 
     def field_schema(

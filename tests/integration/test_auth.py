@@ -4,6 +4,7 @@ through Envoy, gRPC straight to the server. A refused call stores nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 from tests.integration.conftest import Stack
-from tests.requests import valid_body
+from tests.requests import valid_body, with_value, without
 from tests.tokens import Keys
 
 NOW = dt.datetime.now(dt.UTC)
@@ -116,6 +117,8 @@ ACCEPTED: dict[str, Header] = {
     "ES256": lambda k: f"Bearer {k.token('ec')}",
     "expired within the leeway": lambda k: f"Bearer {k.token(exp=NOW - dt.timedelta(seconds=5))}",
     "scheme in lower case": lambda k: f"bearer {k.token()}",
+    # PyJWT reads base64url with its "=" padding too: the gateway's pre-check must let it by.
+    "padded signature": lambda k: f"Bearer {k.token('ec')}==",
 }
 
 
@@ -179,3 +182,84 @@ def test_health_and_reflection_need_no_token(stack: Stack, route: str) -> None:
     )
     listed = [s.name for a in answers for s in a.list_services_response.service]
     assert "comms.v1.SequenceService" in listed
+
+
+# Requests the gateway itself refuses with 422 (the transcoder or comms.lua) once the token is
+# past its pre-check: (method, path, raw body).
+BAD_REQUESTS = {
+    "malformed JSON": ("POST", "/v1/sequences", '{"brand_id": "b",'),
+    "not an object": ("POST", "/v1/sequences", "[]"),
+    "empty body": ("POST", "/v1/sequences", ""),
+    "missing steps": ("POST", "/v1/sequences", json.dumps(without("steps"))),
+    "wrong type": ("POST", "/v1/sequences", json.dumps(with_value("steps.0.position", "x"))),
+    "bad query parameter": ("GET", "/v1/sequences?brand_id=b&page_size=ten", None),
+    "a GET with a body": ("GET", "/v1/sequences?brand_id=b", "[]"),
+}
+
+# Authorization headers the server can never accept (the gateway's pre-check) and its words.
+SURELY_REFUSED: dict[str, tuple[list[str], str]] = {
+    "no header": ([], "missing bearer token: send 'Authorization: Bearer <token>'"),
+    "not bearer": (
+        ["Basic dXNlcjpwYXNz"],
+        "malformed Authorization header: expected 'Bearer <token>'",
+    ),
+    # HTTP/1 joins them into one "Bearer a.b.c,Bearer a.b.c", which the server reads so.
+    "two headers": (["Bearer a.b.c", "Bearer a.b.c"], "malformed bearer token: not a JWT"),
+    "not three parts": (["Bearer garbage"], "malformed bearer token: not a JWT"),
+}
+
+
+def _raw(stack: Stack, method: str, path: str, body: str | None, authorizations: list[str]) -> Any:
+    """Send a request with exactly these Authorization headers (none, one or several)."""
+    connection = http.client.HTTPConnection("127.0.0.1", stack.envoy.settings.http_port, timeout=10)
+    try:
+        connection.putrequest(method, path)
+        for value in authorizations:
+            connection.putheader("Authorization", value)
+        if body is not None:
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", str(len(body.encode())))
+        connection.endheaders(body.encode() if body is not None else None)
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("authorizations", "message"), SURELY_REFUSED.values(), ids=SURELY_REFUSED)
+@pytest.mark.parametrize(("method", "path", "body"), BAD_REQUESTS.values(), ids=BAD_REQUESTS)
+def test_401_comes_before_422(
+    stack: Stack, method: str, path: str, body: str | None, authorizations: list[str], message: str
+) -> None:
+    before = stack.counts()
+    status, headers, answer = _raw(stack, method, path, body, authorizations)
+    assert (status, headers["content-type"], headers["www-authenticate"]) == (
+        401,
+        "application/json",
+        CHALLENGES[401],
+    )
+    assert json.loads(answer) == {"error": "unauthenticated", "message": message}
+    assert stack.counts() == before
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BAD_REQUESTS.values(), ids=BAD_REQUESTS)
+def test_with_a_good_token_the_same_requests_are_422(
+    stack: Stack, method: str, path: str, body: str | None
+) -> None:
+    before = stack.counts()
+    status, headers, answer = _raw(stack, method, path, body, [f"Bearer {stack.keys.token()}"])
+    assert (status, headers["content-type"]) == (422, "application/json")
+    assert json.loads(answer)["error"] == "validation_error"
+    assert stack.counts() == before
+
+
+def test_a_well_formed_but_expired_token_is_judged_after_the_body(stack: Stack) -> None:
+    """What the gateway cannot know without verifying: the body's 422 comes first."""
+    expired = stack.keys.token(exp=NOW - dt.timedelta(minutes=5))
+    before = stack.counts()
+    status, _, answer = _raw(stack, "POST", "/v1/sequences", "[]", [f"Bearer {expired}"])
+    assert (status, json.loads(answer)) == (
+        422,
+        {"error": "validation_error", "message": "body: must be a JSON object"},
+    )
+    assert stack.counts() == before

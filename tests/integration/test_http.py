@@ -151,6 +151,44 @@ def test_unknown_fields_are_ignored(stack: Stack) -> None:
     assert "colour" not in answer
 
 
+EMPTY_KEY_VALUES = {
+    "string": '"x"',
+    "number": "-1.5e3",
+    "object": '{"name": "other", "steps": [], "": 1}',
+    "array": '[1, {"": 2}, [null]]',
+    "null": "null",
+}
+
+
+@pytest.mark.parametrize("value", EMPTY_KEY_VALUES.values(), ids=EMPTY_KEY_VALUES)
+def test_empty_field_names_are_ignored(stack: Stack, value: str) -> None:
+    """Found by make fuzz: the transcoder read a member named "" as the object itself (its
+    value overwrote the fields), so the gateway drops such members before it, wherever they
+    stand: first, last, several in a row, at the top level and in a step."""
+    raw = json.dumps(valid_body())
+    member = f'"": {value}'
+    raw = raw.replace(', "steps"', f', {member},{member} , "steps"', 1)
+    raw = raw.replace('{"brand_id"', f'{{{member}, "brand_id"', 1)
+    raw = raw.replace('{"position": 0', f'{{ {member} ,{member}, "position": 0', 1)
+    raw = raw.replace('"delay_minutes": 1440}', f'"delay_minutes": 1440, {member}}}', 1)
+    raw = raw[:-1] + f", {member},{member}}}"
+    assert raw.count(member) == 8
+    before = stack.counts()
+    response = stack.envoy.request(
+        "POST", "/v1/sequences", raw, {"Content-Type": "application/json"}
+    )
+    assert response.status == 201, response.body
+    assert stack.counts() == (before[0] + 1, before[1] + 3)
+    row, steps = stack.stored(response.json()["id"])
+    assert (row["brand_id"], row["name"], row["description"]) == (
+        "brand_123",
+        "Welcome series",
+        "Greets new members",
+    )
+    expected = [{k: s[k] for k in ("position", "template_key")} for s in valid_body()["steps"]]
+    assert [{k: s[k] for k in ("position", "template_key")} for s in steps] == expected
+
+
 def test_protobuf_json_leniency_is_accepted(stack: Stack) -> None:
     """What protobuf's JSON mapping reads beyond the contract (documented in the README)."""
     body = {
@@ -272,9 +310,42 @@ GATEWAY_REFUSALS = {
         "body: malformed JSON: Parsing terminated before end of input.",
     ),
     "string given a number": (json.dumps(with_value("name", 5)), "name: must be a string (got 5)"),
+    # The transcoder's own message names no field for these (the gateway does).
     "string given a list": (
         json.dumps(with_value("name", ["x"])),
-        "body: a list was given for a field that is not a list",
+        "name: must be a string (got a list)",
+    ),
+    "alias given a list": (
+        json.dumps(without("brand_id") | {"brandId": []}),
+        "brand_id: must be a string (got a list)",
+    ),
+    "description given a list": (
+        json.dumps(with_value("description", [["d"]])),
+        "description: must be a string (got a list)",
+    ),
+    "request_id given a list": (
+        json.dumps(with_value("request_id", [1])),
+        "request_id: must be a string (got a list)",
+    ),
+    "template_key given a list": (
+        json.dumps(with_value("steps.0.template_key", ["k"])),
+        "steps[0].template_key: must be a string (got a list)",
+    ),
+    "position given a list": (
+        json.dumps(with_value("steps.1.position", [1])),
+        "steps[1].position: must be an integer from 0 to 2147483647 (got a list)",
+    ),
+    "channel given a list": (
+        json.dumps(with_value("steps.2.channel", ["sms"])),
+        "steps[2].channel: must be one of email, sms, push, in_app (got a list)",
+    ),
+    "delay alias given a list": (
+        json.dumps(with_value("steps.2.delayMinutes", [])),
+        "steps[2].delay_minutes: must be an integer from 0 to 2147483647 (got a list)",
+    ),
+    "output-only step id given a list": (
+        json.dumps(with_value("steps.0.sequence_id", [])),
+        "steps[0].sequence_id: must be a string (got a list)",
     ),
     "string given an object": (json.dumps(with_value("name", {})), "name: must not be an object"),
     "position not a number": (
@@ -310,14 +381,21 @@ GATEWAY_REFUSALS = {
         json.dumps(with_value("steps", [valid_body()["steps"]])),
         "steps[0]: must be an object (got a list)",
     ),
-    # Found by make fuzz: the transcoder read an empty key as the object itself.
-    "empty key in the body": (
-        json.dumps(valid_body() | {"": 1}),
-        "body: field names must not be empty",
+    "empty key after a missing comma": (
+        '{"name": "n" "": 1, "steps": []}',
+        "body: malformed JSON: Expected , or } after key:value pair.",
     ),
-    "empty key in a step": (
-        json.dumps(with_value("steps", [*valid_body()["steps"], {"": {"position": 9}}])),
-        "steps[3]: field names must not be empty",
+    "empty key before a missing comma": (
+        '{"name": "n", "": 1 "steps": []}',
+        "body: malformed JSON: Expected , or } after key:value pair.",
+    ),
+    # An empty name is ignored, like any unknown field: this step is then empty.
+    "step with only an empty key": (
+        json.dumps(with_value("steps", [{"": {"position": 9}}])),
+        "steps[0].position: is required and must be an integer from 0 to 2147483647; "
+        "steps[0].channel: is required and must be one of email, sms, push, in_app; "
+        "steps[0].template_key: is required and must be a non-empty string; "
+        "steps[0].delay_minutes: is required and must be an integer from 0 to 2147483647",
     ),
     # Found by make fuzz: output-only fields are ignored, but parsed with their type.
     "output-only step id not a string": (
