@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,11 +16,13 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from comms.auth import TokenVerifier
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
-from tests.integration.conftest import Stack
+from tests.conftest import fresh_database_url
+from tests.integration.conftest import Stack, running_stack
 from tests.requests import valid_body
-from tests.tokens import Keys
+from tests.tokens import AUDIENCE, ISSUER, Keys
 
 NOW = dt.datetime.now(dt.UTC)
 ROUTES = ["http", "grpc-envoy", "grpc-direct"]
@@ -179,3 +183,56 @@ def test_health_and_reflection_need_no_token(stack: Stack, route: str) -> None:
     )
     listed = [s.name for a in answers for s in a.list_services_response.service]
     assert "comms.v1.SequenceService" in listed
+
+
+@pytest.fixture(scope="module")
+def rotating(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[tuple[Stack, Path]]:
+    """A stack of its own (on SQLite: the store plays no part) trusting a copy of the JWKS
+    that the test rewrites under it, and that copy."""
+    jwks = tmp_path_factory.mktemp("rotating") / "jwks.json"
+    jwks.write_text(keys.jwks_path.read_text())
+    verifier = TokenVerifier(jwks, ISSUER, AUDIENCE)
+    with (
+        fresh_database_url("sqlite", tmp_path_factory) as url,
+        running_stack(url, tmp_path_factory, keys, verifier) as stack,
+    ):
+        yield stack, jwks
+
+
+def test_a_key_withdrawn_under_a_running_server_stops_working_within_seconds(
+    rotating: tuple[Stack, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    stack, jwks = rotating
+    rsa, ec = f"Bearer {stack.keys.token()}", f"Bearer {stack.keys.token('ec')}"
+    good = jwks.read_text()
+    for route in ROUTES:  # both work, and the server now remembers both tokens
+        assert _call(stack, route, rsa)[0] == _call(stack, route, ec)[0] == 201
+    stored = stack.counts()
+
+    # A half-written file changes nothing: the last good keys stay, with one warning.
+    jwks.write_text(good[: len(good) // 2])
+    time.sleep(2.5)
+    for route in ROUTES:
+        assert _call(stack, route, rsa)[0] == _call(stack, route, ec)[0] == 201
+    assert [r.getMessage() for r in caplog.records if "keeping the 2 keys" in r.getMessage()]
+    assert stack.counts() == (stored[0] + 6, stored[1] + 18)
+
+    # The RSA key is withdrawn: its tokens, even remembered ones, are refused within seconds.
+    withdrawn = time.monotonic()
+    jwks.write_text(
+        json.dumps({"keys": [k for k in json.loads(good)["keys"] if k["kid"] == "ec-1"]})
+    )
+    while _call(stack, "grpc-direct", rsa)[0] == 201:
+        assert time.monotonic() - withdrawn < 3, "the withdrawn key is still trusted"
+        time.sleep(0.1)
+    stored = stack.counts()
+    message = "token is signed by an unknown key"
+    for route in ROUTES:
+        status, body = _call(stack, route, rsa)
+        assert status == 401
+        if route == "http":
+            assert body == {"error": "unauthenticated", "message": message}
+        else:
+            assert body == (grpc.StatusCode.UNAUTHENTICATED, message, CHALLENGES[401])
+        assert _call(stack, route, ec)[0] == 201  # the other key's tokens still work
+    assert stack.counts() == (stored[0] + 3, stored[1] + 9)
