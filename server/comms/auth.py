@@ -7,10 +7,12 @@ the caller may act for. Health and reflection are not comms RPCs and stay open."
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -82,6 +84,14 @@ class _Key:
     key: Any = field(compare=False)
     algorithm: str
     jwk: str  # the JWK as the file gives it: a kid keeps its cached tokens only while this holds
+
+
+# NumericDate (RFC 7519 2) as this service takes it: whole seconds since 1970, up to the last
+# second of year 9999; a string, a fraction, a bool or 1e308 is refused, not coerced.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_LATEST_TIME = 253402300799
+_TIME_RULE = f"an integer number of seconds from 0 to {_LATEST_TIME}"
+_SHAPE = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # three base64url parts
 
 
 def _parse_keys(source: bytes, path: Path) -> dict[str, _Key]:
@@ -196,6 +206,8 @@ class TokenVerifier:
         return kid, keys[kid]
 
     def verify(self, token: str) -> Principal:
+        """The caller, or an UNAUTHENTICATED RpcFailure; nothing else escapes, whatever the
+        token holds."""
         with self._lock:
             self._refresh()
             known = self._verified.get(token)
@@ -223,32 +235,27 @@ class TokenVerifier:
     def _check(self, token: str) -> tuple[Principal, float, str, _Key]:
         """The caller, until when the token stays valid and the key that signed it, or
         UNAUTHENTICATED."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise unauthenticated("malformed bearer token: not a JWT") from None
-        algorithm = header.get("alg")
-        if algorithm not in ALGORITHMS:
-            raise unauthenticated(
-                f"token algorithm {algorithm!r} is not accepted: use {' or '.join(ALGORITHMS)}"
-            )
-        kid, key = self._key(header.get("kid"))
+        algorithm, kid = _header(token)
+        kid, key = self._key(kid)
         if key.algorithm != algorithm:
             raise unauthenticated(f"token algorithm {algorithm} does not match its key")
         try:
+            # PyJWT checks the signature, iss and aud; the times and sub are checked below,
+            # strictly: PyJWT would take "exp": "9999999999" or 1e308 (it calls int()).
             claims = jwt.decode(
                 token,
                 key.key,
                 algorithms=[key.algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
-                leeway=self.leeway,
-                options={"require": ["exp", "iss", "aud"]},
+                options={
+                    "require": ["exp", "iss", "aud", "sub"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_sub": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise unauthenticated("token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise unauthenticated("token is not valid yet (nbf is in the future)") from None
         except jwt.InvalidAudienceError:
             raise unauthenticated(
                 f"wrong audience: the token is not for {self.audience!r}"
@@ -261,22 +268,71 @@ class TokenVerifier:
             raise unauthenticated("token signature is invalid") from None
         except jwt.InvalidTokenError:
             raise unauthenticated("malformed bearer token") from None
-        return _principal(claims), float(claims["exp"]) + self.leeway, kid, key
+        expires = self._check_times(claims)
+        return _principal(claims), expires + self.leeway, kid, key
+
+    def _check_times(self, claims: dict[str, Any]) -> int:
+        """exp, and nbf and iat if present, against the clock with the leeway; returns exp."""
+        for name in _TIME_CLAIMS:
+            value = claims.get(name, 0)
+            if type(value) is not int or not 0 <= value <= _LATEST_TIME:  # bool is not int
+                raise unauthenticated(f"the {name!r} claim must be {_TIME_RULE}")
+        now = time.time()
+        if claims["exp"] <= now - self.leeway:
+            raise unauthenticated("token has expired")
+        for name in ("nbf", "iat"):
+            if claims.get(name, 0) > now + self.leeway:
+                raise unauthenticated(f"token is not valid yet ({name} is in the future)")
+        return int(claims["exp"])
+
+
+def _header(token: str) -> tuple[str, str | None]:
+    """The token's alg and kid, each checked to be what the JOSE header (RFC 7515 4.1) says."""
+    header: Any = None
+    if _SHAPE.fullmatch(token):
+        segment = token.partition(".")[0].rstrip("=")
+        # binascii, UnicodeDecodeError and JSON errors are all ValueErrors; deep nesting is not
+        with contextlib.suppress(ValueError, RecursionError):
+            header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    if not isinstance(header, dict):
+        raise unauthenticated("malformed bearer token: not a JWT")
+    for name in ("alg", "kid", "typ"):
+        if name in header and not isinstance(header[name], str):
+            raise unauthenticated(f"malformed bearer token: the header's {name!r} must be a string")
+    algorithm = header.get("alg")
+    if algorithm not in ALGORITHMS:
+        shown = repr(
+            algorithm if algorithm is None or len(algorithm) <= 20 else algorithm[:20] + "..."
+        )
+        raise unauthenticated(
+            f"token algorithm {shown} is not accepted: use {' or '.join(ALGORITHMS)}"
+        )
+    if "crit" in header:  # RFC 7515 4.1.11: refuse extensions not understood; none are
+        raise unauthenticated(
+            "malformed bearer token: the header's 'crit' names extensions this service "
+            "does not support"
+        )
+    return algorithm, header.get("kid")
 
 
 def _principal(claims: dict[str, Any]) -> Principal:
-    scope = claims.get(SCOPE_CLAIM, "")
-    brands = claims.get(BRANDS_CLAIM)
+    subject, scope = claims["sub"], claims.get(SCOPE_CLAIM, "")
+    if not isinstance(subject, str) or not subject:
+        # It names the caller, whose idempotency keys are its own: no two callers may share one.
+        raise unauthenticated("the 'sub' claim must be a non-empty string")
     if not isinstance(scope, str):
         raise unauthenticated(f"the {SCOPE_CLAIM!r} claim must be a space-separated string")
-    if brands is not None and not (
+    # Absent means no brand limit; null is not absent (it would grant every brand).
+    brands = claims.get(BRANDS_CLAIM, ())
+    if BRANDS_CLAIM in claims and not (
         isinstance(brands, list) and all(isinstance(b, str) for b in brands)
     ):
         raise unauthenticated(f"the {BRANDS_CLAIM!r} claim must be a list of strings")
     return Principal(
-        subject=str(claims.get("sub", "")),
-        scopes=frozenset(scope.split()),
-        brand_ids=None if brands is None else frozenset(brands),
+        subject=subject,
+        # RFC 6749 3.3: scopes are separated by the ASCII space only, not by U+00A0 or a tab.
+        scopes=frozenset(s for s in scope.split(" ") if s),
+        brand_ids=frozenset(brands) if BRANDS_CLAIM in claims else None,
     )
 
 

@@ -35,6 +35,20 @@ CHALLENGES = {
 
 # name -> (Authorization header value made from the keys or None for none, status, message)
 Header = Callable[[Keys], str | None]
+RS256 = {"alg": "RS256", "kid": "rsa-1"}
+TIME_RULE = "must be an integer number of seconds from 0 to 253402300799"
+
+
+def signed(**claims: Any) -> Header:
+    """A good RSA token but for these claims (None leaves one out)."""
+    return lambda k: f"Bearer {k.token(**claims)}"
+
+
+def forged(header: Any, **claims: Any) -> Header:
+    """A token of exactly this header, good claims but these (None: JSON null), RSA-signed."""
+    return lambda k: f"Bearer {k.forged(header, k.claims() | claims)}"
+
+
 REFUSED: dict[str, tuple[Header, int, str]] = {
     "no header": (
         lambda k: None,
@@ -112,6 +126,75 @@ REFUSED: dict[str, tuple[Header, int, str]] = {
         403,
         "the token may not act for brand 'brand_123'",
     ),
+    # The header: every parameter of the type RFC 7515 gives it, no extension we don't know.
+    "header not an object": (forged([RS256]), 401, "malformed bearer token: not a JWT"),
+    "kid not a string": (
+        forged({"alg": "RS256", "kid": 1}),
+        401,
+        "malformed bearer token: the header's 'kid' must be a string",
+    ),
+    "alg not a string": (
+        forged({"alg": ["RS256"], "kid": "rsa-1"}),
+        401,
+        "malformed bearer token: the header's 'alg' must be a string",
+    ),
+    "typ not a string": (
+        forged(RS256 | {"typ": {"JWT": True}}),
+        401,
+        "malformed bearer token: the header's 'typ' must be a string",
+    ),
+    "critical extension": (
+        forged(RS256 | {"crit": ["zz"], "zz": 1}),
+        401,
+        "malformed bearer token: the header's 'crit' names extensions this service does not support",
+    ),
+    "long unknown alg, shortened": (
+        forged({"alg": "X" * 2000, "kid": "rsa-1"}),
+        401,
+        "token algorithm 'XXXXXXXXXXXXXXXXXXXX...' is not accepted: use RS256 or ES256",
+    ),
+    # The subject scopes idempotency keys: every token must name its own.
+    "no sub": (signed(sub=None), 401, "token lacks the 'sub' claim"),
+    "sub null": (forged(RS256, sub=None), 401, "token lacks the 'sub' claim"),
+    "empty sub": (
+        signed(sub=""),
+        401,
+        "the 'sub' claim must be a non-empty string",
+    ),
+    "sub not a string": (forged(RS256, sub=42), 401, "the 'sub' claim must be a non-empty string"),
+    "brand_ids null": (
+        forged(RS256, brand_ids=None),
+        401,
+        "the 'brand_ids' claim must be a list of strings",
+    ),
+    "brand_ids a string": (
+        forged(RS256, brand_ids="brand_123"),
+        401,
+        "the 'brand_ids' claim must be a list of strings",
+    ),
+    "scope split on a no-break space": (
+        signed(scope="openid\u00a0sequences:write"),
+        403,
+        "the token lacks the scope 'sequences:write'",
+    ),
+    "scope split on a tab": (
+        signed(scope="openid\tsequences:write"),
+        403,
+        "the token lacks the scope 'sequences:write'",
+    ),
+    # NumericDate: whole seconds, in range; never a string, a bool, a fraction or 1e308.
+    "exp as a string": (forged(RS256, exp="4102444800"), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp 1e308": (forged(RS256, exp=1e308), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp true": (forged(RS256, exp=True), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp with a fraction": (forged(RS256, exp=4102444800.5), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp past year 9999": (forged(RS256, exp=253402300800), 401, f"the 'exp' claim {TIME_RULE}"),
+    "nbf as a string": (forged(RS256, nbf="0"), 401, f"the 'nbf' claim {TIME_RULE}"),
+    "iat negative": (forged(RS256, iat=-1), 401, f"the 'iat' claim {TIME_RULE}"),
+    "iat in the future": (
+        signed(iat=NOW + dt.timedelta(minutes=5)),
+        401,
+        "token is not valid yet (iat is in the future)",
+    ),
 }
 
 ACCEPTED: dict[str, Header] = {
@@ -120,6 +203,9 @@ ACCEPTED: dict[str, Header] = {
     "ES256": lambda k: f"Bearer {k.token('ec')}",
     "expired within the leeway": lambda k: f"Bearer {k.token(exp=NOW - dt.timedelta(seconds=5))}",
     "scheme in lower case": lambda k: f"bearer {k.token()}",
+    "scopes apart by several spaces": signed(scope="openid  sequences:write "),
+    "typ at+jwt (RFC 9068)": forged(RS256 | {"typ": "at+jwt"}),
+    "exp at the last second of year 9999": forged(RS256, exp=253402300799),
 }
 
 
