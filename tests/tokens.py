@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from comms.auth import TokenVerifier
 
@@ -51,23 +52,42 @@ class Keys:
     def verifier(self) -> TokenVerifier:
         return TokenVerifier(self.jwks_path, ISSUER, AUDIENCE, leeway=30)
 
-    def token(self, key: str = "rsa", kid: str | None = None, **claims: Any) -> str:
-        """A token with good claims unless overridden (a None value leaves the claim out),
-        signed with key ("rsa", "ec" or "stranger"), naming kid if given."""
-        now = dt.datetime.now(dt.UTC)
+    @staticmethod
+    def claims(**overrides: Any) -> dict[str, Any]:
+        """Good claims unless overridden (a None value leaves the claim out)."""
+        now = int(time.time())
         body: dict[str, Any] = {
             "iss": ISSUER,
             "aud": AUDIENCE,
             "sub": "tester",
             "iat": now,
-            "exp": now + dt.timedelta(hours=2),
+            "exp": now + 7200,
             "scope": ALL_SCOPES,
-        } | claims
-        body = {k: v for k, v in body.items() if v is not None}
+        } | overrides
+        return {k: v for k, v in body.items() if v is not None}
+
+    def token(self, key: str = "rsa", kid: str | None = None, **claims: Any) -> str:
+        """A token with good claims unless overridden (see claims), signed with key ("rsa",
+        "ec" or "stranger"), naming kid if given."""
+        body = self.claims(**claims)
         if key == "ec":
             return jwt.encode(body, self.ec, algorithm="ES256", headers={"kid": kid or "ec-1"})
         signer = self.stranger if key == "stranger" else self.rsa
         return jwt.encode(body, signer, algorithm="RS256", headers={"kid": kid or "rsa-1"})
+
+    def forged(self, header: Any, claims: Any, key: str = "rsa") -> str:
+        """A token of exactly this header and these claims, any JSON at all (even what PyJWT
+        refuses to encode), signed with key ("rsa", "ec", "stranger"; "none": no signature)."""
+        signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+        data = signing_input.encode()
+        if key == "none":
+            signature = b""
+        elif key == "ec":
+            signature = ECAlgorithm(ECAlgorithm.SHA256).sign(data, self.ec)
+        else:
+            signer = self.stranger if key == "stranger" else self.rsa
+            signature = RSAAlgorithm(RSAAlgorithm.SHA256).sign(data, signer)
+        return f"{signing_input}.{_b64(signature)}"
 
     def unsigned_token(self) -> str:
         """alg none: no signature at all."""

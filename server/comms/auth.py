@@ -7,15 +7,17 @@ the caller may act for. Health and reflection are not comms RPCs and stay open."
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,101 +81,181 @@ def permission_denied(message: str) -> RpcFailure:
 
 @dataclass(frozen=True)
 class _Key:
-    key: Any
+    key: Any = field(compare=False)
     algorithm: str
+    jwk: str  # the JWK as the file gives it: a kid keeps its cached tokens only while this holds
+
+
+# NumericDate (RFC 7519 2) as this service takes it: whole seconds since 1970, up to the last
+# second of year 9999; a string, a fraction, a bool or 1e308 is refused, not coerced.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_LATEST_TIME = 253402300799
+_TIME_RULE = f"an integer number of seconds from 0 to {_LATEST_TIME}"
+_SHAPE = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # three base64url parts
+
+
+def _parse_keys(source: bytes, path: Path) -> dict[str, _Key]:
+    """The usable keys of a JWKS file by kid; ValueError if it is not a JWKS holding one."""
+    try:
+        document = json.loads(source)
+    except RecursionError:
+        raise ValueError("not JSON") from None
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError('not a JWKS: expected {"keys": [<JWK object>, ...]}')
+    keys: dict[str, _Key] = {}
+    for data in entries:
+        algorithm = _ALGORITHM_FOR_KEY.get((data.get("kty"), data.get("crv")))
+        kid = data.get("kid", "")
+        if algorithm is None or data.get("alg", algorithm) != algorithm or not isinstance(kid, str):
+            log.warning(
+                "ignoring JWKS key %r: only RSA (RS256) and P-256 (ES256), with a string kid",
+                kid,
+            )
+            continue
+        try:
+            key = jwt.PyJWK(data, algorithm).key
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"key {kid!r} is not a valid {algorithm} key: {error}") from None
+        keys[kid] = _Key(key, algorithm, json.dumps(data, sort_keys=True))
+    if not keys:
+        raise ValueError(f"{path} holds no usable RS256 or ES256 key")
+    return keys
 
 
 class TokenVerifier:
-    """Verifies tokens against a JWKS file; reread when a token names a key not yet known,
-    so that keys can be rotated without a restart.
+    """Verifies tokens against a JWKS file.
+
+    The file is reread at most every recheck_seconds, on the verify path, and its keys taken up
+    when its bytes changed: keys are added and withdrawn without a restart, and no token, not
+    even one naming an unknown kid, can make the server read the file more often. (Its bytes
+    are compared, not its mtime: a rewrite within a clock tick keeps mtime, size and inode.)
+    A file that cannot be used (missing, half-written, not JSON, no usable key) leaves the last
+    good keys in place, with one warning, as the server would have refused to start with it.
 
     A verified token is remembered until its exp (at most CACHE_SIZE of them, and forgotten
-    when the keys are reread): a client sends the same token on every call, and checking its
-    signature each time was the largest cost of a create after the database."""
+    when its key leaves the file or changes): a client sends the same token on every call, and
+    checking its signature each time was the largest cost of a create after the database."""
 
     CACHE_SIZE = 4096
+    RECHECK_SECONDS = 1.0
 
-    def __init__(self, jwks_path: Path, issuer: str, audience: str, leeway: int = 30) -> None:
+    def __init__(
+        self,
+        jwks_path: Path,
+        issuer: str,
+        audience: str,
+        leeway: int = 30,
+        recheck_seconds: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.jwks_path = jwks_path
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self._recheck_seconds = recheck_seconds
+        self._clock = clock
         self._lock = threading.Lock()
-        self._mtime = 0.0
-        self._keys = self._load()
-        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._source: bytes | None = jwks_path.read_bytes()
+        self._keys = _parse_keys(self._source, jwks_path)
+        self._checked = clock()
+        # token -> (caller, until when, the kid and key that verified it)
+        self._verified: OrderedDict[str, tuple[Principal, float, str, _Key]] = OrderedDict()
 
-    def _load(self) -> dict[str, _Key]:
-        self._mtime = self.jwks_path.stat().st_mtime
-        keys: dict[str, _Key] = {}
-        for data in json.loads(self.jwks_path.read_text())["keys"]:
-            algorithm = _ALGORITHM_FOR_KEY.get((data.get("kty"), data.get("crv")))
-            if algorithm is None or data.get("alg", algorithm) != algorithm:
-                log.warning(
-                    "ignoring JWKS key %r: only RSA (RS256) and P-256 (ES256)", data.get("kid")
-                )
-                continue
-            keys[data.get("kid", "")] = _Key(jwt.PyJWK(data, algorithm).key, algorithm)
-        if not keys:
-            raise ValueError(f"{self.jwks_path} holds no usable RS256 or ES256 key")
-        return keys
+    def _refresh(self) -> None:
+        """Under the lock: take up the file's keys if it changed since it was last read."""
+        now = self._clock()
+        if now - self._checked < self._recheck_seconds:
+            return
+        self._checked = now
+        source: bytes | None = None
+        keys: dict[str, _Key] | None = None
+        try:
+            source = self.jwks_path.read_bytes()
+        except OSError as error:
+            problem = str(error)
+        if source == self._source:
+            return  # unchanged, or still unreadable (and warned about once)
+        self._source = source
+        if source is not None:
+            try:
+                keys = _parse_keys(source, self.jwks_path)
+            except ValueError as error:
+                problem = str(error)
+        if keys is None:
+            log.warning(
+                "keeping the %d keys loaded before: cannot use the JWKS file %s: %s",
+                len(self._keys),
+                self.jwks_path,
+                problem,
+            )
+            return
+        self._keys = keys
+        for token, (_, _, kid, key) in list(self._verified.items()):
+            if keys.get(kid) != key:
+                del self._verified[token]
+        log.info("JWKS file %s reloaded: keys %s", self.jwks_path, ", ".join(map(repr, keys)))
 
-    def _key(self, kid: str | None) -> _Key:
+    def _key(self, kid: str | None) -> tuple[str, _Key]:
         with self._lock:
-            if kid not in self._keys and self.jwks_path.stat().st_mtime != self._mtime:
-                self._keys = self._load()
-                self._verified.clear()
             keys = self._keys
         if kid is None and len(keys) == 1:
-            return next(iter(keys.values()))
+            return next(iter(keys.items()))
         if kid is None or kid not in keys:
             raise unauthenticated("token is signed by an unknown key")
-        return keys[kid]
+        return kid, keys[kid]
 
     def verify(self, token: str) -> Principal:
+        """The caller, or an UNAUTHENTICATED RpcFailure; nothing else escapes, whatever the
+        token holds."""
         with self._lock:
+            self._refresh()
             known = self._verified.get(token)
             if known is not None:
-                principal, expires = known
+                principal, expires, _, _ = known
                 if time.time() < expires:
                     self._verified.move_to_end(token)
                     return principal
                 del self._verified[token]
-        principal, expires = self._check(token)
+        try:
+            principal, expires, kid, key = self._check(token)
+        except RpcFailure:
+            raise
+        except Exception as error:  # a bug: refuse the token, and log one line, not a flood
+            log.error("refused a token the verifier failed on: %s: %s", type(error).__name__, error)
+            raise unauthenticated("malformed bearer token") from None
         with self._lock:
-            self._verified[token] = (principal, expires)
+            if self._keys.get(kid) != key:  # withdrawn while this token was being checked
+                raise unauthenticated("token is signed by an unknown key")
+            self._verified[token] = (principal, expires, kid, key)
             if len(self._verified) > self.CACHE_SIZE:
                 self._verified.popitem(last=False)
         return principal
 
-    def _check(self, token: str) -> tuple[Principal, float]:
-        """The caller and until when the token stays valid, or UNAUTHENTICATED."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise unauthenticated("malformed bearer token: not a JWT") from None
-        algorithm = header.get("alg")
-        if algorithm not in ALGORITHMS:
-            raise unauthenticated(
-                f"token algorithm {algorithm!r} is not accepted: use {' or '.join(ALGORITHMS)}"
-            )
-        key = self._key(header.get("kid"))
+    def _check(self, token: str) -> tuple[Principal, float, str, _Key]:
+        """The caller, until when the token stays valid and the key that signed it, or
+        UNAUTHENTICATED."""
+        algorithm, kid = _header(token)
+        kid, key = self._key(kid)
         if key.algorithm != algorithm:
             raise unauthenticated(f"token algorithm {algorithm} does not match its key")
         try:
+            # PyJWT checks the signature, iss and aud; the times and sub are checked below,
+            # strictly: PyJWT would take "exp": "9999999999" or 1e308 (it calls int()).
             claims = jwt.decode(
                 token,
                 key.key,
                 algorithms=[key.algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
-                leeway=self.leeway,
-                options={"require": ["exp", "iss", "aud"]},
+                options={
+                    "require": ["exp", "iss", "aud", "sub"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_sub": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise unauthenticated("token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise unauthenticated("token is not valid yet (nbf is in the future)") from None
         except jwt.InvalidAudienceError:
             raise unauthenticated(
                 f"wrong audience: the token is not for {self.audience!r}"
@@ -186,22 +268,71 @@ class TokenVerifier:
             raise unauthenticated("token signature is invalid") from None
         except jwt.InvalidTokenError:
             raise unauthenticated("malformed bearer token") from None
-        return _principal(claims), float(claims["exp"]) + self.leeway
+        expires = self._check_times(claims)
+        return _principal(claims), expires + self.leeway, kid, key
+
+    def _check_times(self, claims: dict[str, Any]) -> int:
+        """exp, and nbf and iat if present, against the clock with the leeway; returns exp."""
+        for name in _TIME_CLAIMS:
+            value = claims.get(name, 0)
+            if type(value) is not int or not 0 <= value <= _LATEST_TIME:  # bool is not int
+                raise unauthenticated(f"the {name!r} claim must be {_TIME_RULE}")
+        now = time.time()
+        if claims["exp"] <= now - self.leeway:
+            raise unauthenticated("token has expired")
+        for name in ("nbf", "iat"):
+            if claims.get(name, 0) > now + self.leeway:
+                raise unauthenticated(f"token is not valid yet ({name} is in the future)")
+        return int(claims["exp"])
+
+
+def _header(token: str) -> tuple[str, str | None]:
+    """The token's alg and kid, each checked to be what the JOSE header (RFC 7515 4.1) says."""
+    header: Any = None
+    if _SHAPE.fullmatch(token):
+        segment = token.partition(".")[0].rstrip("=")
+        # binascii, UnicodeDecodeError and JSON errors are all ValueErrors; deep nesting is not
+        with contextlib.suppress(ValueError, RecursionError):
+            header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    if not isinstance(header, dict):
+        raise unauthenticated("malformed bearer token: not a JWT")
+    for name in ("alg", "kid", "typ"):
+        if name in header and not isinstance(header[name], str):
+            raise unauthenticated(f"malformed bearer token: the header's {name!r} must be a string")
+    algorithm = header.get("alg")
+    if algorithm not in ALGORITHMS:
+        shown = repr(
+            algorithm if algorithm is None or len(algorithm) <= 20 else algorithm[:20] + "..."
+        )
+        raise unauthenticated(
+            f"token algorithm {shown} is not accepted: use {' or '.join(ALGORITHMS)}"
+        )
+    if "crit" in header:  # RFC 7515 4.1.11: refuse extensions not understood; none are
+        raise unauthenticated(
+            "malformed bearer token: the header's 'crit' names extensions this service "
+            "does not support"
+        )
+    return algorithm, header.get("kid")
 
 
 def _principal(claims: dict[str, Any]) -> Principal:
-    scope = claims.get(SCOPE_CLAIM, "")
-    brands = claims.get(BRANDS_CLAIM)
+    subject, scope = claims["sub"], claims.get(SCOPE_CLAIM, "")
+    if not isinstance(subject, str) or not subject:
+        # It names the caller, whose idempotency keys are its own: no two callers may share one.
+        raise unauthenticated("the 'sub' claim must be a non-empty string")
     if not isinstance(scope, str):
         raise unauthenticated(f"the {SCOPE_CLAIM!r} claim must be a space-separated string")
-    if brands is not None and not (
+    # Absent means no brand limit; null is not absent (it would grant every brand).
+    brands = claims.get(BRANDS_CLAIM, ())
+    if BRANDS_CLAIM in claims and not (
         isinstance(brands, list) and all(isinstance(b, str) for b in brands)
     ):
         raise unauthenticated(f"the {BRANDS_CLAIM!r} claim must be a list of strings")
     return Principal(
-        subject=str(claims.get("sub", "")),
-        scopes=frozenset(scope.split()),
-        brand_ids=None if brands is None else frozenset(brands),
+        subject=subject,
+        # RFC 6749 3.3: scopes are separated by the ASCII space only, not by U+00A0 or a tab.
+        scopes=frozenset(s for s in scope.split(" ") if s),
+        brand_ids=frozenset(brands) if BRANDS_CLAIM in claims else None,
     )
 
 
@@ -314,5 +445,5 @@ def verifier_for(settings: Settings) -> TokenVerifier:
         )
     try:
         return TokenVerifier(jwks, issuer, audience, settings.auth_leeway_seconds)
-    except (OSError, ValueError, KeyError, jwt.PyJWKError) as error:
+    except (OSError, ValueError) as error:
         raise ConfigError(f"cannot use the JWKS file {jwks}: {error}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from bench.stack import free_port, wait_until_ok
 from comms import db, gateway, store
+from comms.auth import TokenVerifier
 from comms.config import Settings
 from comms.server import Server, create_server
 from tests.conftest import STORES, fresh_database_url
@@ -168,23 +170,34 @@ def gateway_settings(tmp: Path, grpc_port: int) -> Settings:
     )
 
 
+@contextlib.contextmanager
+def running_stack(
+    url: str, tmp_path_factory: pytest.TempPathFactory, keys: Keys, verifier: TokenVerifier
+) -> Iterator[Stack]:
+    """The server on the database at url, trusting verifier's keys, and Envoy in front."""
+    database = db.prepare(url)
+    server = create_server("127.0.0.1:0", database, verifier, workers=8)
+    envoy = Envoy.start(gateway_settings(tmp_path_factory.mktemp("envoy"), server.port))
+    envoy.default_headers["Authorization"] = f"Bearer {keys.token()}"
+    stack = Stack(database, server, envoy, keys)
+    try:
+        yield stack
+    finally:
+        for channel in stack.channels:
+            channel.close()
+        envoy.stop()
+        server.stop(1)
+        database.close_all()
+
+
 @pytest.fixture(scope="session", params=STORES)
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys: Keys
 ) -> Iterator[Stack]:
     if request.param == "postgres":
         request.getfixturevalue("postgres_available")
-    with fresh_database_url(request.param, tmp_path_factory) as url:
-        database = db.prepare(url)
-        server = create_server("127.0.0.1:0", database, keys.verifier(), workers=8)
-        envoy = Envoy.start(gateway_settings(tmp_path_factory.mktemp("envoy"), server.port))
-        envoy.default_headers["Authorization"] = f"Bearer {keys.token()}"
-        stack = Stack(database, server, envoy, keys)
-        try:
-            yield stack
-        finally:
-            for channel in stack.channels:
-                channel.close()
-            envoy.stop()
-            server.stop(1)
-            database.close_all()
+    with (
+        fresh_database_url(request.param, tmp_path_factory) as url,
+        running_stack(url, tmp_path_factory, keys, keys.verifier()) as stack,
+    ):
+        yield stack

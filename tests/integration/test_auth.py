@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,13 +17,20 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from comms.auth import TokenVerifier
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
-from tests.integration.conftest import Stack
+from tests.conftest import fresh_database_url
+from tests.integration.conftest import Stack, running_stack
 from tests.requests import valid_body, with_value, without
-from tests.tokens import Keys
+from tests.tokens import AUDIENCE, ISSUER, Keys
 
-NOW = dt.datetime.now(dt.UTC)
+
+def now() -> dt.datetime:
+    """Read when a token is made, not at import: a module's tests can run minutes later."""
+    return dt.datetime.now(dt.UTC)
+
+
 ROUTES = ["http", "grpc-envoy", "grpc-direct"]
 UNAUTHENTICATED, PERMISSION_DENIED = 401, 403
 GRPC_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
@@ -32,6 +41,20 @@ CHALLENGES = {
 
 # name -> (Authorization header value made from the keys or None for none, status, message)
 Header = Callable[[Keys], str | None]
+RS256 = {"alg": "RS256", "kid": "rsa-1"}
+TIME_RULE = "must be an integer number of seconds from 0 to 253402300799"
+
+
+def signed(**claims: Any) -> Header:
+    """A good RSA token but for these claims (None leaves one out)."""
+    return lambda k: f"Bearer {k.token(**claims)}"
+
+
+def forged(header: Any, **claims: Any) -> Header:
+    """A token of exactly this header, good claims but these (None: JSON null), RSA-signed."""
+    return lambda k: f"Bearer {k.forged(header, k.claims() | claims)}"
+
+
 REFUSED: dict[str, tuple[Header, int, str]] = {
     "no header": (
         lambda k: None,
@@ -69,12 +92,12 @@ REFUSED: dict[str, tuple[Header, int, str]] = {
         "token algorithm 'HS256' is not accepted: use RS256 or ES256",
     ),
     "expired": (
-        lambda k: f"Bearer {k.token(exp=NOW - dt.timedelta(minutes=5))}",
+        lambda k: f"Bearer {k.token(exp=now() - dt.timedelta(minutes=5))}",
         401,
         "token has expired",
     ),
     "not yet valid": (
-        lambda k: f"Bearer {k.token(nbf=NOW + dt.timedelta(minutes=5))}",
+        lambda k: f"Bearer {k.token(nbf=now() + dt.timedelta(minutes=5))}",
         401,
         "token is not valid yet (nbf is in the future)",
     ),
@@ -109,16 +132,88 @@ REFUSED: dict[str, tuple[Header, int, str]] = {
         403,
         "the token may not act for brand 'brand_123'",
     ),
+    # The header: every parameter of the type RFC 7515 gives it, no extension we don't know.
+    "header not an object": (forged([RS256]), 401, "malformed bearer token: not a JWT"),
+    "kid not a string": (
+        forged({"alg": "RS256", "kid": 1}),
+        401,
+        "malformed bearer token: the header's 'kid' must be a string",
+    ),
+    "alg not a string": (
+        forged({"alg": ["RS256"], "kid": "rsa-1"}),
+        401,
+        "malformed bearer token: the header's 'alg' must be a string",
+    ),
+    "typ not a string": (
+        forged(RS256 | {"typ": {"JWT": True}}),
+        401,
+        "malformed bearer token: the header's 'typ' must be a string",
+    ),
+    "critical extension": (
+        forged(RS256 | {"crit": ["zz"], "zz": 1}),
+        401,
+        "malformed bearer token: the header's 'crit' names extensions this service does not support",
+    ),
+    "long unknown alg, shortened": (
+        forged({"alg": "X" * 2000, "kid": "rsa-1"}),
+        401,
+        "token algorithm 'XXXXXXXXXXXXXXXXXXXX...' is not accepted: use RS256 or ES256",
+    ),
+    # The subject scopes idempotency keys: every token must name its own.
+    "no sub": (signed(sub=None), 401, "token lacks the 'sub' claim"),
+    "sub null": (forged(RS256, sub=None), 401, "token lacks the 'sub' claim"),
+    "empty sub": (
+        signed(sub=""),
+        401,
+        "the 'sub' claim must be a non-empty string",
+    ),
+    "sub not a string": (forged(RS256, sub=42), 401, "the 'sub' claim must be a non-empty string"),
+    "brand_ids null": (
+        forged(RS256, brand_ids=None),
+        401,
+        "the 'brand_ids' claim must be a list of strings",
+    ),
+    "brand_ids a string": (
+        forged(RS256, brand_ids="brand_123"),
+        401,
+        "the 'brand_ids' claim must be a list of strings",
+    ),
+    "scope split on a no-break space": (
+        signed(scope="openid\u00a0sequences:write"),
+        403,
+        "the token lacks the scope 'sequences:write'",
+    ),
+    "scope split on a tab": (
+        signed(scope="openid\tsequences:write"),
+        403,
+        "the token lacks the scope 'sequences:write'",
+    ),
+    # NumericDate: whole seconds, in range; never a string, a bool, a fraction or 1e308.
+    "exp as a string": (forged(RS256, exp="4102444800"), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp 1e308": (forged(RS256, exp=1e308), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp true": (forged(RS256, exp=True), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp with a fraction": (forged(RS256, exp=4102444800.5), 401, f"the 'exp' claim {TIME_RULE}"),
+    "exp past year 9999": (forged(RS256, exp=253402300800), 401, f"the 'exp' claim {TIME_RULE}"),
+    "nbf as a string": (forged(RS256, nbf="0"), 401, f"the 'nbf' claim {TIME_RULE}"),
+    "iat negative": (forged(RS256, iat=-1), 401, f"the 'iat' claim {TIME_RULE}"),
+    "iat in the future": (
+        lambda k: f"Bearer {k.token(iat=now() + dt.timedelta(minutes=5))}",
+        401,
+        "token is not valid yet (iat is in the future)",
+    ),
 }
 
 ACCEPTED: dict[str, Header] = {
     "scope among others": lambda k: f"Bearer {k.token(scope='openid sequences:write profile')}",
     "brand allowed": lambda k: f"Bearer {k.token(brand_ids=['brand_0', 'brand_123'])}",
     "ES256": lambda k: f"Bearer {k.token('ec')}",
-    "expired within the leeway": lambda k: f"Bearer {k.token(exp=NOW - dt.timedelta(seconds=5))}",
+    "expired within the leeway": lambda k: f"Bearer {k.token(exp=now() - dt.timedelta(seconds=5))}",
     "scheme in lower case": lambda k: f"bearer {k.token()}",
     # PyJWT reads base64url with its "=" padding too: the gateway's pre-check must let it by.
     "padded signature": lambda k: f"Bearer {k.token('ec')}==",
+    "scopes apart by several spaces": signed(scope="openid  sequences:write "),
+    "typ at+jwt (RFC 9068)": forged(RS256 | {"typ": "at+jwt"}),
+    "exp at the last second of year 9999": forged(RS256, exp=253402300799),
 }
 
 
@@ -255,7 +350,7 @@ def test_with_a_good_token_the_same_requests_are_422(
 
 def test_a_well_formed_but_expired_token_is_judged_after_the_body(stack: Stack) -> None:
     """What the gateway cannot know without verifying: the body's 422 comes first."""
-    expired = stack.keys.token(exp=NOW - dt.timedelta(minutes=5))
+    expired = stack.keys.token(exp=now() - dt.timedelta(minutes=5))
     before = stack.counts()
     status, _, answer = _raw(stack, "POST", "/v1/sequences", "[]", [f"Bearer {expired}"])
     assert (status, json.loads(answer)) == (
@@ -263,3 +358,56 @@ def test_a_well_formed_but_expired_token_is_judged_after_the_body(stack: Stack) 
         {"error": "validation_error", "message": "body: must be a JSON object"},
     )
     assert stack.counts() == before
+
+
+@pytest.fixture(scope="module")
+def rotating(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[tuple[Stack, Path]]:
+    """A stack of its own (on SQLite: the store plays no part) trusting a copy of the JWKS
+    that the test rewrites under it, and that copy."""
+    jwks = tmp_path_factory.mktemp("rotating") / "jwks.json"
+    jwks.write_text(keys.jwks_path.read_text())
+    verifier = TokenVerifier(jwks, ISSUER, AUDIENCE)
+    with (
+        fresh_database_url("sqlite", tmp_path_factory) as url,
+        running_stack(url, tmp_path_factory, keys, verifier) as stack,
+    ):
+        yield stack, jwks
+
+
+def test_a_key_withdrawn_under_a_running_server_stops_working_within_seconds(
+    rotating: tuple[Stack, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    stack, jwks = rotating
+    rsa, ec = f"Bearer {stack.keys.token()}", f"Bearer {stack.keys.token('ec')}"
+    good = jwks.read_text()
+    for route in ROUTES:  # both work, and the server now remembers both tokens
+        assert _call(stack, route, rsa)[0] == _call(stack, route, ec)[0] == 201
+    stored = stack.counts()
+
+    # A half-written file changes nothing: the last good keys stay, with one warning.
+    jwks.write_text(good[: len(good) // 2])
+    time.sleep(2.5)
+    for route in ROUTES:
+        assert _call(stack, route, rsa)[0] == _call(stack, route, ec)[0] == 201
+    assert [r.getMessage() for r in caplog.records if "keeping the 2 keys" in r.getMessage()]
+    assert stack.counts() == (stored[0] + 6, stored[1] + 18)
+
+    # The RSA key is withdrawn: its tokens, even remembered ones, are refused within seconds.
+    withdrawn = time.monotonic()
+    jwks.write_text(
+        json.dumps({"keys": [k for k in json.loads(good)["keys"] if k["kid"] == "ec-1"]})
+    )
+    while _call(stack, "grpc-direct", rsa)[0] == 201:
+        assert time.monotonic() - withdrawn < 3, "the withdrawn key is still trusted"
+        time.sleep(0.1)
+    stored = stack.counts()
+    message = "token is signed by an unknown key"
+    for route in ROUTES:
+        status, body = _call(stack, route, rsa)
+        assert status == 401
+        if route == "http":
+            assert body == {"error": "unauthenticated", "message": message}
+        else:
+            assert body == (grpc.StatusCode.UNAUTHENTICATED, message, CHALLENGES[401])
+        assert _call(stack, route, ec)[0] == 201  # the other key's tokens still work
+    assert stack.counts() == (stored[0] + 3, stored[1] + 9)
