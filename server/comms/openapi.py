@@ -62,6 +62,8 @@ _UNIQUE_CEL = re.compile(r"\.map\((\w+), \1\.(\w+)\)\.unique\(\)")
 # string, or null for none.
 JSON_TYPES: dict[str, Schema] = {
     "comms.v1.Sequence.description": {"type": ["string", "null"]},
+    "comms.v1.Sequence.deleted_at": {"type": ["string", "null"], "format": "date-time"},
+    "comms.v1.SequenceRevision.description": {"type": ["string", "null"]},
 }
 
 _INT32 = {"type": "integer", "minimum": -INT32_MAX - 1, "maximum": INT32_MAX}
@@ -243,6 +245,8 @@ def _kind_schema(kind: str, rules: Any, full: str) -> Schema:
                 schema["pattern"] = f"^[^{_literal(value)}]*$"
             else:
                 schema["not"] = {"type": "string", "pattern": _literal(value)}
+        elif kind == "enum" and rule.name == "not_in" and list(value) == [0]:
+            pass  # the zero value (*_UNSPECIFIED) is never listed anyway
         elif keywords is not None and rule.name in keywords:
             if keywords[rule.name]:
                 schema[keywords[rule.name]] = value
@@ -257,6 +261,16 @@ def _with_rules(schema: Schema, field: descriptor_pb2.FieldDescriptorProto, full
     if rules.required and field.type == FD.TYPE_STRING and not field.proto3_optional:
         schema["minLength"] = 1  # "" is unset in proto3
     kind = rules.WhichOneof("type")
+    if kind == "repeated" and rules.repeated.HasField("items"):
+        # The rules of each item apply to the array's items schema.
+        items = validate_pb2.FieldRules()
+        items.CopyFrom(rules.repeated.items)
+        rules = validate_pb2.FieldRules()
+        rules.CopyFrom(_rules(field))
+        rules.repeated.ClearField("items")
+        item_kind = items.WhichOneof("type")
+        if item_kind is not None:
+            schema["items"] |= _kind_schema(item_kind, getattr(items, item_kind), full)
     if kind is not None:
         schema |= _kind_schema(kind, getattr(rules, kind), full)
     for cel in rules.cel:

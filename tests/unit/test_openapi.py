@@ -155,12 +155,17 @@ def test_responses_print_every_key() -> None:
             "created_at",
             "updated_at",
             "steps",
+            "etag",
+            "revision",
+            "deleted_at",
         ]
     )
     assert step["required"] == list(step["properties"])
     props = sequence["properties"]
     assert props["description"]["type"] == ["string", "null"]
-    assert props["status"]["enum"] == ["draft"]
+    assert props["status"]["enum"] == ["draft", "active", "paused", "archived"]
+    assert props["deleted_at"]["type"] == ["string", "null"]
+    assert props["revision"]["type"] == "integer"
     assert props["created_at"]["type"] == props["updated_at"]["type"] == "string"
     assert props["created_at"]["format"] == "date-time"
     assert props["id"]["readOnly"] is True
@@ -189,6 +194,8 @@ def test_reads_take_path_and_query_parameters() -> None:
         ("brand_id", "query", True),
         ("page_size", "query", False),
         ("page_token", "query", False),
+        ("status", "query", False),
+        ("show_deleted", "query", False),
     ]
     assert listing["parameters"][1]["schema"] == {
         "type": "integer",

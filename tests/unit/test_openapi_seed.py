@@ -137,6 +137,10 @@ CREATED = {
             "delay_minutes": 0,
         }
     ],
+    # CONTRACT (Lifecycle and editing): every sequence answer also carries these three.
+    "etag": "5f0c6e1d2b3a49587a6b5c4d3e2f1a0b",
+    "revision": 0,
+    "deleted_at": None,
 }
 
 
@@ -157,8 +161,16 @@ RESPONSES_201 = {
     "steps missing": Example(_created(steps="<absent>"), False),
     "sequence_id missing": Example(_created_step(sequence_id="<absent>"), False),
     "position a string": Example(_created_step(position="0"), False),
-    "status not draft": Example(
-        _created(status="active"), True, False, "CONTRACT: status is draft"
+    # One Sequence schema serves every method, and other methods answer other statuses.
+    "status active": Example(_created(status="active"), True),
+    "etag missing": Example(
+        _created(etag="<absent>"), True, False, "CONTRACT: etag is always present"
+    ),
+    "deleted_at missing": Example(
+        _created(deleted_at="<absent>"), True, False, "CONTRACT: deleted_at is always present"
+    ),
+    "revision a string": Example(
+        _created(revision="0"), True, False, "CONTRACT: revision is a JSON number"
     ),
     "channel unknown": Example(
         _created_step(channel="fax"), True, False, "CONTRACT: the word that was sent"
