@@ -9,6 +9,8 @@ import secrets
 from collections.abc import Callable
 
 import peewee as pw
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
+from playhouse.migrate import migrate as schema_migrate
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,59 @@ def _m0002_idempotency_and_secrets(db: pw.Database) -> None:
     Secret.create(name="page_token_key", value=secrets.token_hex(32))
 
 
+def _m0003_lifecycle(db: pw.Database) -> None:
+    """Issue 13: sequences change (etag, revision, soft delete) and keep what went live."""
+    migrator = (
+        PostgresqlMigrator(db) if isinstance(db, pw.PostgresqlDatabase) else SqliteMigrator(db)
+    )
+    schema_migrate(
+        # Every existing sequence gets an etag of its own just below, before it is required.
+        migrator.add_column("sequences", "etag", pw.CharField(max_length=64, default="")),
+        migrator.add_column("sequences", "revision", pw.IntegerField(default=0)),
+        # Whether name, description or steps changed since the last revision went live.
+        migrator.add_column("sequences", "changed", pw.BooleanField(default=True)),
+        migrator.add_column("sequences", "deleted_at", pw.DateTimeField(null=True)),
+        # The purge of sequences deleted 30 days ago reads this index.
+        migrator.add_index("sequences", ("deleted_at",), False),
+    )
+    ids = [row[0] for row in db.execute_sql("SELECT id FROM sequences").fetchall()]
+    for sequence_id in ids:
+        db.execute_sql(
+            f"UPDATE sequences SET etag = {db.param} WHERE id = {db.param}",
+            (secrets.token_hex(16), sequence_id),
+        )
+
+    class Sequence(pw.Model):
+        id = pw.UUIDField(primary_key=True)
+
+        class Meta:
+            database = db
+            table_name = "sequences"
+
+    class Revision(pw.Model):
+        # Immutable: inserted by an activate or resume, never updated.
+        sequence = pw.ForeignKeyField(
+            Sequence, column_name="sequence_id", on_delete="CASCADE", index=False
+        )
+        revision = pw.IntegerField()
+        created_at = pw.DateTimeField()
+        created_by = pw.CharField(max_length=255)
+        name = pw.CharField(max_length=255)
+        description = pw.TextField(null=True)
+        steps = pw.TextField()  # the steps as they went live, a JSON array
+
+        class Meta:
+            database = db
+            table_name = "sequence_revisions"
+            primary_key = pw.CompositeKey("sequence", "revision")
+
+    db.create_tables([Revision])
+
+
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _m0001_sequences_and_steps),
     (2, _m0002_idempotency_and_secrets),
+    (3, _m0003_lifecycle),
 ]
 
 

@@ -14,6 +14,10 @@ class SequenceRow(pw.Model):
     status = pw.CharField(max_length=32)
     created_at = pw.DateTimeField()  # naive, always UTC
     updated_at = pw.DateTimeField()
+    etag = pw.CharField(max_length=64)
+    revision = pw.IntegerField()  # the latest revision that went live; 0 before the first
+    changed = pw.BooleanField()  # name, description or steps changed since that revision
+    deleted_at = pw.DateTimeField(null=True)
 
     class Meta:
         table_name = "sequences"
@@ -31,6 +35,20 @@ class StepRow(pw.Model):
 
     class Meta:
         table_name = "steps"
+
+
+class RevisionRow(pw.Model):
+    sequence = pw.ForeignKeyField(SequenceRow, column_name="sequence_id", on_delete="CASCADE")
+    revision = pw.IntegerField()
+    created_at = pw.DateTimeField()
+    created_by = pw.CharField(max_length=255)
+    name = pw.CharField(max_length=255)
+    description = pw.TextField(null=True)
+    steps = pw.TextField()  # JSON: [{id, position, channel, template_key, delay_minutes}]
+
+    class Meta:
+        table_name = "sequence_revisions"
+        primary_key = pw.CompositeKey("sequence", "revision")
 
 
 class IdempotencyRow(pw.Model):

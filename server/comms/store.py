@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence as Seq
 from itertools import groupby
 from typing import Any
 
 import peewee as pw
 
 from comms.convert import Row
-from comms.models import IdempotencyRow, SecretRow, SequenceRow, StepRow
+from comms.models import IdempotencyRow, RevisionRow, SecretRow, SequenceRow, StepRow
 from comms.paging import Cursor
 
 Found = tuple[Row, list[Row]]  # a sequence row and its step rows, by position
@@ -70,10 +71,25 @@ def get_sequence(database: pw.Database, sequence_id: uuid.UUID) -> Found | None:
 
 
 def list_sequences(
-    database: pw.Database, brand_id: str, after: Cursor | None, limit: int
+    database: pw.Database,
+    brand_id: str,
+    after: Cursor | None,
+    limit: int,
+    statuses: Seq[str] = (),
+    deleted_since: dt.datetime | None = None,
 ) -> list[Found]:
-    """A brand's sequences newest first, ties broken by id, starting after the cursor."""
+    """A brand's sequences newest first, ties broken by id, starting after the cursor: only
+    those in one of statuses (if any), and never deleted ones unless deleted since
+    deleted_since."""
     query: Any = SequenceRow.select().where(SequenceRow.brand_id == brand_id)
+    if statuses:
+        query = query.where(SequenceRow.status.in_(list(statuses)))
+    if deleted_since is None:
+        query = query.where(SequenceRow.deleted_at.is_null())
+    else:
+        query = query.where(
+            SequenceRow.deleted_at.is_null() | (SequenceRow.deleted_at > deleted_since)
+        )
     if after is not None:
         # A row-value comparison, which both stores answer from the index as a range.
         query = query.where(
@@ -85,6 +101,54 @@ def list_sequences(
         )
     rows = query.order_by(SequenceRow.created_at.desc(), SequenceRow.id.desc()).limit(limit)
     return _with_steps(database, list(rows.dicts().execute(database)))
+
+
+def update_sequence_if(
+    database: pw.Database, sequence_id: uuid.UUID, etag: str, changes: Row
+) -> bool:
+    """Compare-and-set: apply the changes only if the stored etag is still this one. Of two
+    writers that read the same etag, the second finds no row (PostgreSQL re-reads the row
+    once the first commits), so exactly one wins."""
+    query = SequenceRow.update(changes).where(
+        (SequenceRow.id == sequence_id) & (SequenceRow.etag == etag)
+    )
+    return int(query.execute(database)) == 1
+
+
+def replace_steps(database: pw.Database, sequence_id: uuid.UUID, steps: list[Row]) -> None:
+    StepRow.delete().where(StepRow.sequence == sequence_id).execute(database)
+    if steps:
+        STEP_INSERT.run(database, steps)
+
+
+def insert_revision(database: pw.Database, revision: Row) -> None:
+    RevisionRow.insert(revision).execute(database)
+
+
+def list_revisions(
+    database: pw.Database, sequence_id: uuid.UUID, before: int | None, limit: int
+) -> list[Row]:
+    """A sequence's revisions newest first, starting below the revision before."""
+    query: Any = RevisionRow.select().where(RevisionRow.sequence == sequence_id)
+    if before is not None:
+        query = query.where(RevisionRow.revision < before)
+    rows = query.order_by(RevisionRow.revision.desc()).limit(limit).dicts()
+    return list(rows.execute(database))
+
+
+def get_revision(database: pw.Database, sequence_id: uuid.UUID, revision: int) -> Row | None:
+    rows: Any = RevisionRow.select().where(
+        (RevisionRow.sequence == sequence_id) & (RevisionRow.revision == revision)
+    )
+    found = list(rows.dicts().execute(database))
+    return found[0] if found else None
+
+
+def purge_deleted(database: pw.Database, before: dt.datetime) -> int:
+    """Remove for good the sequences deleted before this time, with their steps and
+    revisions (foreign keys cascade); returns how many sequences."""
+    query = SequenceRow.delete().where(SequenceRow.deleted_at < before)
+    return int(query.execute(database))
 
 
 def _idempotency_key(caller: str, brand_id: str, key: str) -> Any:

@@ -51,14 +51,21 @@ def test_create_answers_201_with_the_stored_sequence(stack: Stack) -> None:
         "created_at",
         "updated_at",
         "steps",
+        "etag",
+        "revision",
+        "deleted_at",
     ]
     assert UUID.match(body["id"])
     assert RFC3339_UTC.match(body["created_at"])
     assert body["created_at"] == body["updated_at"]
     step_ids = [step.pop("id") for step in body["steps"]]
     assert all(UUID.match(i) for i in step_ids) and len(set(step_ids)) == 3
+    etag = body.pop("etag")
+    assert isinstance(etag, str) and etag
     assert {k: v for k, v in body.items() if k not in ("id", "created_at", "updated_at")} == {
         "brand_id": "brand_123",
+        "revision": 0,
+        "deleted_at": None,
         "name": "Welcome series",
         "description": "Greets new members",
         "status": "draft",
@@ -97,6 +104,7 @@ def test_create_answers_201_with_the_stored_sequence(stack: Stack) -> None:
         "draft",
     )
     assert row["created_at"] == row["updated_at"] == created
+    assert (row["etag"], row["revision"], row["deleted_at"]) == (etag, 0, None)
     assert [(str(s["id"]), s["position"], s["channel"]) for s in steps] == [
         (step_ids[0], 0, "email"),
         (step_ids[1], 1, "sms"),

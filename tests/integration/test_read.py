@@ -250,6 +250,10 @@ def test_ties_on_created_at_break_by_id(stack: Stack) -> None:
                     "status": "draft",
                     "created_at": now,
                     "updated_at": now,
+                    "etag": "e",
+                    "revision": 0,
+                    "changed": True,
+                    "deleted_at": None,
                 },
                 [],
             )

@@ -189,6 +189,10 @@ def test_database_refuses_a_repeated_position(database: pw.Database) -> None:
                 "status": "draft",
                 "created_at": now,
                 "updated_at": now,
+                "etag": "e",
+                "revision": 0,
+                "changed": True,
+                "deleted_at": None,
             },
             [
                 {
