@@ -15,7 +15,7 @@ import grpc
 import peewee as pw
 from google.rpc import error_details_pb2
 
-from comms import auth, convert, paging, store, validation, writer
+from comms import auth, convert, editing, lifecycle, paging, store, validation, writer
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -30,9 +30,16 @@ MAX_REPORTED_VIOLATIONS = 20
 HTTP_CODE_HEADER = "x-http-code"
 # Sent with an error whose gRPC status alone does not say which HTTP error code it is.
 ERROR_CODE_HEADER = "x-error-code"
+ERROR_DOMAIN = "comms.v1.SequenceService"  # google.rpc.ErrorInfo.domain
 IDEMPOTENCY_HEADER = "idempotency-key"
 # How long an idempotency key is remembered (the contract promises at least 24 hours).
 IDEMPOTENCY_RETENTION = dt.timedelta(hours=48)
+# How long a deleted sequence can be undeleted; then it is purged, and 404 even before.
+DELETED_RETENTION = dt.timedelta(days=30)
+IF_MATCH_HEADER = "if-match"
+# Tries of a move that lost its compare-and-set to a concurrent writer (without an etag
+# from the caller, it is checked again against what that writer stored).
+CHANGE_TRIES = 5
 
 
 def invalid_argument(violations: list[FieldViolation]) -> RpcFailure:
@@ -49,9 +56,34 @@ def invalid_argument(violations: list[FieldViolation]) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, message, details=[bad_request])
 
 
+def _shown(text: str) -> str:
+    return text if len(text) <= 64 else text[:64] + "..."
+
+
 def not_found(sequence_id: str) -> RpcFailure:
-    shown = sequence_id if len(sequence_id) <= 64 else sequence_id[:64] + "..."
-    return RpcFailure(grpc.StatusCode.NOT_FOUND, f"sequence {shown!r} not found")
+    return RpcFailure(grpc.StatusCode.NOT_FOUND, f"sequence {_shown(sequence_id)!r} not found")
+
+
+def etag_mismatch(sent: str) -> RpcFailure:
+    info = error_details_pb2.ErrorInfo(reason="ETAG_MISMATCH", domain=ERROR_DOMAIN)
+    return RpcFailure(
+        grpc.StatusCode.ABORTED,
+        f"etag {_shown(sent)!r} is not the sequence's current etag: it changed since; "
+        "read it again",
+        details=[info],
+        metadata=[(ERROR_CODE_HEADER, "etag_mismatch")],
+    )
+
+
+def failed_precondition(sequence_id: uuid.UUID, why: str) -> RpcFailure:
+    failure = error_details_pb2.PreconditionFailure(
+        violations=[
+            error_details_pb2.PreconditionFailure.Violation(
+                type="STATE", subject=f"sequences/{sequence_id}", description=why
+            )
+        ]
+    )
+    return RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, why, details=[failure])
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -95,7 +127,7 @@ def _answers_errors(handler: Handler) -> Handler:
 
 
 def _idempotency_key(
-    request: pb.CreateSequenceRequest, context: grpc.ServicerContext
+    request: Any, context: grpc.ServicerContext
 ) -> tuple[str, list[FieldViolation]]:
     """The key from the Idempotency-Key header (idempotency-key metadata) or request_id."""
     headers = [str(v) for k, v in context.invocation_metadata() if k == IDEMPOTENCY_HEADER]
@@ -152,6 +184,27 @@ def _created(context: grpc.ServicerContext, found: store.Found, replayed: bool) 
         metadata += (("idempotent-replayed", "true"),)
     context.send_initial_metadata(metadata)
     return convert.sequence_message(sequence, steps)
+
+
+def _etag(sent: str, context: grpc.ServicerContext) -> tuple[str, list[FieldViolation]]:
+    """The etag the caller last saw, from the request or If-Match (if-match metadata): quoted
+    as ETag sends it, bare, or * (any); "" when neither is sent."""
+    headers = [str(v) for k, v in context.invocation_metadata() if k == IF_MATCH_HEADER]
+    if len(headers) > 1:
+        return "", [FieldViolation("If-Match", "must be sent at most once")]
+    header = headers[0].strip() if headers else ""
+    if len(header) >= 2 and header[0] == header[-1] == '"':
+        header = header[1:-1]
+    if header and sent and header != sent:
+        return "", [FieldViolation("etag", "must equal the If-Match header when both are sent")]
+    return sent or header, []
+
+
+def _sequence_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise not_found(text) from None
 
 
 class SequenceService(pb_grpc.SequenceServiceServicer):
@@ -220,15 +273,11 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
     def GetSequence(
         self, request: pb.GetSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
-        try:
-            sequence_id = uuid.UUID(request.id)
-        except ValueError:
-            raise not_found(request.id) from None
+        sequence_id = _sequence_id(request.id)
         with self._db.connection_context():
-            found = store.get_sequence(self._db, sequence_id)
-        # Another brand's sequence is "not found" to a brand-limited caller: no hint it exists.
-        if found is None or not auth.current_principal().may_act_for(found[0]["brand_id"]):
-            raise not_found(request.id)
+            found = self._found(sequence_id, request.id)
+        # The gateway passes it on as the ETag header, which If-Match takes back.
+        context.send_initial_metadata((("etag", f'"{found[0]["etag"]}"'),))
         return convert.sequence_message(*found)
 
     @_answers_errors
@@ -248,7 +297,14 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
                     after = paging.decode(secret, request.brand_id, request.page_token)
                 except paging.PageTokenError as error:
                     raise invalid_argument([FieldViolation("page_token", str(error))]) from None
-            page = store.list_sequences(self._db, request.brand_id, after, size + 1)
+            page = store.list_sequences(
+                self._db,
+                request.brand_id,
+                after,
+                size + 1,
+                [pb.Status.Name(status) for status in request.status],
+                convert.utc_now() - DELETED_RETENTION if request.show_deleted else None,
+            )
         response = pb.ListSequencesResponse(
             sequences=[convert.sequence_message(*found) for found in page[:size]]
         )
@@ -263,3 +319,204 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         if self._page_secret is None:
             self._page_secret = store.page_token_secret(self._db)
         return self._page_secret
+
+    # -- The life of a sequence: each change is one transaction, compare-and-set on the etag.
+
+    def _found(
+        self, sequence_id: uuid.UUID, shown: str, caller: auth.Principal | None = None
+    ) -> store.Found:
+        """The sequence the caller (by default, the current one) may see, or NOT_FOUND: one
+        of another brand is "not found" (no hint it exists), as is one past its purge time."""
+        caller = caller or auth.current_principal()
+        found = store.get_sequence(self._db, sequence_id)
+        if found is None or not caller.may_act_for(found[0]["brand_id"]):
+            raise not_found(shown)
+        deleted_at = found[0]["deleted_at"]
+        if deleted_at is not None and deleted_at <= convert.utc_now() - DELETED_RETENTION:
+            raise not_found(shown)
+        return found
+
+    def _change(
+        self,
+        request: Any,
+        context: grpc.ServicerContext,
+        sequence_id_text: str,
+        sent_etag: str,
+        move: lifecycle.Move,
+        violations: list[FieldViolation],
+        edit: Callable[[store.Found], Any] | None = None,
+    ) -> pb.Sequence:
+        """Check in the contract's order (the sequence, the request's rules, the etag, the
+        state), then store the move (and edit's (changes, steps or None)) in one transaction.
+        """
+        etag, etag_violations = _etag(sent_etag, context)
+        # The key is read and checked here; storing and replaying answers is the answer
+        # store's job (create's own mechanism predates it).
+        _, key_violations = _idempotency_key(request, context)
+        violations = violations + etag_violations + key_violations + validation.violations(request)
+        sequence_id = _sequence_id(sequence_id_text)
+        # Work may run in the writer's thread, which does not see the caller's context.
+        caller = auth.current_principal()
+
+        def work() -> store.Found:
+            found = self._found(sequence_id, sequence_id_text, caller)
+            row, steps = found
+            if violations:
+                raise invalid_argument(violations)
+            if etag not in ("", "*", row["etag"]):
+                raise etag_mismatch(etag)
+            deleted = row["deleted_at"] is not None
+            why = lifecycle.refusal(row["status"], deleted, move)
+            if why is not None:
+                raise failed_precondition(sequence_id, why)
+            if move in lifecycle.GOING_LIVE and not steps:
+                rule = f"must have at least 1 step to {move.value} the sequence"
+                raise invalid_argument([FieldViolation("steps", rule)])
+            # updated_at strictly increases, even if the clock steps back.
+            now = max(convert.utc_now(), row["updated_at"] + dt.timedelta(microseconds=1))
+            changes, new_steps = edit(found) if edit is not None else ({}, None)
+            status, now_deleted = lifecycle.after(row["status"], deleted, move)
+            if status != row["status"]:
+                changes["status"] = status
+            if now_deleted != deleted:
+                changes["deleted_at"] = now if now_deleted else None
+            if not changes and new_steps is None:
+                return found  # an edit to the same values changes nothing, not even the etag
+            changes |= {"etag": convert.new_etag(), "updated_at": now}
+            if edit is not None:
+                changes["changed"] = True
+            elif move in lifecycle.GOING_LIVE and row["changed"]:
+                changes |= {"revision": row["revision"] + 1, "changed": False}
+            if not store.update_sequence_if(self._db, sequence_id, row["etag"], changes):
+                raise _Lost()
+            if new_steps is not None:
+                store.replace_steps(self._db, sequence_id, new_steps)
+            if "revision" in changes:
+                revision = convert.revision_row(
+                    row, steps, changes["revision"], now, caller.subject
+                )
+                store.insert_revision(self._db, revision)
+            stored = store.get_sequence(self._db, sequence_id)
+            assert stored is not None  # just changed in this transaction
+            return stored
+
+        for _ in range(CHANGE_TRIES):
+            try:
+                return convert.sequence_message(*self._transact(work))
+            except _Lost:
+                if etag not in ("", "*"):
+                    raise etag_mismatch(etag) from None
+        raise RpcFailure(
+            grpc.StatusCode.ABORTED, "the sequence is changing too often to change it; retry"
+        )
+
+    def _move(
+        self, request: Any, context: grpc.ServicerContext, move: lifecycle.Move
+    ) -> pb.Sequence:
+        return self._change(request, context, request.id, request.etag, move, [])
+
+    @_answers_errors
+    def UpdateSequence(
+        self, request: pb.UpdateSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        paths, violations = editing.paths(request)
+        violations += editing.violations(request, paths)
+        # The sequence's own rules are the create rules above; validate the rest only.
+        rest = pb.UpdateSequenceRequest(request_id=request.request_id)
+        return self._change(
+            rest,
+            context,
+            request.sequence.id,
+            request.sequence.etag,
+            lifecycle.Move.EDIT,
+            violations,
+            lambda found: editing.changes(request, paths, found),
+        )
+
+    @_answers_errors
+    def ActivateSequence(
+        self, request: pb.ActivateSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        return self._move(request, context, lifecycle.Move.ACTIVATE)
+
+    @_answers_errors
+    def PauseSequence(
+        self, request: pb.PauseSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        return self._move(request, context, lifecycle.Move.PAUSE)
+
+    @_answers_errors
+    def ResumeSequence(
+        self, request: pb.ResumeSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        return self._move(request, context, lifecycle.Move.RESUME)
+
+    @_answers_errors
+    def ArchiveSequence(
+        self, request: pb.ArchiveSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        return self._move(request, context, lifecycle.Move.ARCHIVE)
+
+    @_answers_errors
+    def DeleteSequence(
+        self, request: pb.DeleteSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        return self._move(request, context, lifecycle.Move.DELETE)
+
+    @_answers_errors
+    def UndeleteSequence(
+        self, request: pb.UndeleteSequenceRequest, context: grpc.ServicerContext
+    ) -> pb.Sequence:
+        return self._move(request, context, lifecycle.Move.UNDELETE)
+
+    # -- Revisions: what went live, readable as long as the sequence is.
+
+    @_answers_errors
+    def ListSequenceRevisions(
+        self, request: pb.ListSequenceRevisionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListSequenceRevisionsResponse:
+        sequence_id = _sequence_id(request.sequence_id)
+        size = validation.page_size(request)
+        with self._db.connection_context():
+            self._found(sequence_id, request.sequence_id)
+            violations = validation.violations(request)
+            if violations:
+                raise invalid_argument(violations)
+            secret = self._secret()
+            before = None
+            if request.page_token:
+                try:
+                    before = paging.decode_revision(secret, sequence_id, request.page_token)
+                except paging.PageTokenError as error:
+                    raise invalid_argument([FieldViolation("page_token", str(error))]) from None
+            page = store.list_revisions(self._db, sequence_id, before, size + 1)
+        response = pb.ListSequenceRevisionsResponse(
+            revisions=[convert.revision_message(row) for row in page[:size]]
+        )
+        if len(page) > size:
+            last = page[size - 1]["revision"]
+            response.next_page_token = paging.encode_revision(secret, sequence_id, last)
+        return response
+
+    @_answers_errors
+    def GetSequenceRevision(
+        self, request: pb.GetSequenceRevisionRequest, context: grpc.ServicerContext
+    ) -> pb.SequenceRevision:
+        sequence_id = _sequence_id(request.sequence_id)
+        with self._db.connection_context():
+            self._found(sequence_id, request.sequence_id)
+            violations = validation.violations(request)
+            if violations:
+                raise invalid_argument(violations)
+            row = store.get_revision(self._db, sequence_id, request.revision)
+        if row is None:
+            raise RpcFailure(
+                grpc.StatusCode.NOT_FOUND,
+                f"revision {request.revision} of sequence {_shown(request.sequence_id)!r} "
+                "not found",
+            )
+        return convert.revision_message(row)
+
+
+class _Lost(Exception):
+    """A concurrent writer changed the sequence between this change's read and its write."""

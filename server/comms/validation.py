@@ -124,6 +124,6 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
 
-def page_size(request: pb.ListSequencesRequest) -> int:
+def page_size(request: pb.ListSequencesRequest | pb.ListSequenceRevisionsRequest) -> int:
     """The page size to serve: the default for 0, larger values clamped to the maximum."""
     return min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
