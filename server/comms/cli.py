@@ -14,11 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-import peewee as pw
-
-from comms import auth, config, convert, datadir, db, devkeys, gateway, migrations, store
+from comms import auth, config, datadir, db, devkeys, gateway, housekeeping, migrations
 from comms.server import Server, create_server
-from comms.service import IDEMPOTENCY_RETENTION
 
 log = logging.getLogger("comms")
 
@@ -36,9 +33,7 @@ def _start_server(settings: config.Settings) -> Server:
         verifier.jwks_path,
         " (the development key pair)" if settings.auth_jwks_path is None else "",
     )
-    threading.Thread(
-        target=_forget_old_idempotency_keys, args=(database,), daemon=True, name="purge"
-    ).start()
+    housekeeping.start(database)
     address = config.address(settings.bind_host, settings.grpc_port)
     worker = settings.worker_index >= 0
     own: tuple[str, ...] = ()
@@ -128,21 +123,6 @@ def _start_servers(settings: config.Settings) -> Server | _Workers:
         return _start_server(settings)
     log.info("starting %d server processes", settings.server_processes)
     return _Workers(settings)
-
-
-def _forget_old_idempotency_keys(database: pw.Database) -> None:
-    """Hourly, in the background: keys outlive their retention by at most an hour."""
-    while True:
-        try:
-            with database.connection_context():
-                purged = store.purge_idempotency(
-                    database, convert.utc_now() - IDEMPOTENCY_RETENTION
-                )
-            if purged:
-                log.info("forgot %d idempotency keys older than %s", purged, IDEMPOTENCY_RETENTION)
-        except pw.DatabaseError as error:
-            log.warning("could not forget old idempotency keys: %s", error)
-        time.sleep(3600)
 
 
 def _stop_event() -> threading.Event:
