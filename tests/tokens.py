@@ -19,7 +19,7 @@ from comms.auth import TokenVerifier
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "comms-test"
-ALL_SCOPES = "sequences:read sequences:write"
+ALL_SCOPES = "sequences:read sequences:write sequences:publish"
 
 
 def _b64(data: bytes) -> str:
