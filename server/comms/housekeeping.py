@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
 
 import peewee as pw
 
@@ -30,19 +29,20 @@ def sweep(database: pw.Database, now: dt.datetime) -> tuple[int, int]:
     return keys, sequences
 
 
-def _run(database: pw.Database, interval: float) -> None:
-    while True:
+def _run(database: pw.Database, interval: float, stop: threading.Event) -> None:
+    while not stop.is_set():
         try:
             sweep(database, convert.utc_now())
         except pw.DatabaseError as error:
             log.warning("housekeeping failed, tried again in %.0f s: %s", interval, error)
-        time.sleep(interval)
+        stop.wait(interval)
 
 
-def start(database: pw.Database, interval: float = INTERVAL_SECONDS) -> threading.Thread:
-    """Sweep now and then every interval seconds, in a daemon thread."""
-    thread = threading.Thread(
-        target=_run, args=(database, interval), daemon=True, name="housekeeping"
-    )
-    thread.start()
-    return thread
+def start(database: pw.Database, interval: float = INTERVAL_SECONDS) -> threading.Event:
+    """Sweep now and then every interval seconds, in a daemon thread, until the returned
+    event is set."""
+    stop = threading.Event()
+    threading.Thread(
+        target=_run, args=(database, interval, stop), daemon=True, name="housekeeping"
+    ).start()
+    return stop

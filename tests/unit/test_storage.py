@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -10,9 +12,10 @@ import peewee as pw
 import pytest
 from google.protobuf import json_format
 
-from comms import auth, convert, migrations, models, store
+from comms import auth, convert, db, housekeeping, migrations, models, store
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
+from tests.conftest import fresh_database_url
 from tests.requests import valid_body
 
 
@@ -260,3 +263,113 @@ def test_a_caller_gone_before_commit_gets_nothing_stored(
     assert _stored(database) == ([], [])
     with database.connection_context():
         assert models.IdempotencyRow.select().count(database) == 0
+
+
+def _sequence_row(etag: str) -> dict[str, Any]:
+    now = convert.utc_now()
+    sequence, _ = convert.rows_from_request(pb.CreateSequenceRequest(brand_id="b", name="n"), now)
+    return sequence | {"etag": etag}
+
+
+def test_a_stale_etag_changes_nothing(database: pw.Database) -> None:
+    row = _sequence_row("e1")
+    with database.connection_context():
+        store.insert_sequence(database, row, [])
+        assert (
+            store.update_sequence_if(database, row["id"], "e0", {"name": "x", "etag": "e2"})
+            is False
+        )
+        assert (
+            store.update_sequence_if(database, row["id"], "e1", {"name": "y", "etag": "e2"}) is True
+        )
+        assert (
+            store.update_sequence_if(database, row["id"], "e1", {"name": "z", "etag": "e3"})
+            is False
+        )
+        stored = store.get_sequence(database, row["id"])
+    assert stored is not None and (stored[0]["name"], stored[0]["etag"]) == ("y", "e2")
+
+
+@pytest.fixture
+def postgres(
+    postgres_available: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[pw.Database]:
+    with fresh_database_url("postgres", tmp_path_factory) as url:
+        database = db.prepare(url)
+        yield database
+        database.close_all()
+
+
+def test_of_two_open_transactions_with_one_etag_the_second_finds_no_row(
+    postgres: pw.Database,
+) -> None:
+    """The second writer's UPDATE waits on the first's row lock and then re-reads the row.
+    (PostgreSQL only: SQLite lets one write transaction in at a time, the second reads after
+    the first commits, and sees the new etag: test_a_stale_etag_changes_nothing.)"""
+    database = postgres
+    row = _sequence_row("e1")
+    with database.connection_context():
+        store.insert_sequence(database, row, [])
+    first_updated, second_done = threading.Event(), threading.Event()
+    results: dict[str, bool] = {}
+
+    def first() -> None:
+        with database.connection_context(), database.atomic():
+            results["first"] = store.update_sequence_if(database, row["id"], "e1", {"etag": "a"})
+            first_updated.set()
+            # The second is now blocked on this row: it cannot finish before this commits.
+            results["second waited"] = not second_done.wait(0.5)
+
+    def second() -> None:
+        first_updated.wait()
+        with database.connection_context(), database.atomic():
+            results["second"] = store.update_sequence_if(database, row["id"], "e1", {"etag": "b"})
+        second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"first": True, "second waited": True, "second": False}
+    with database.connection_context():
+        stored = store.get_sequence(database, row["id"])
+    assert stored is not None and stored[0]["etag"] == "a"
+
+
+def test_migration_3_gives_existing_sequences_an_etag_each(database_url: str) -> None:
+    database = db.open_database(database_url)
+    try:
+        with database.connection_context():
+            with database.bind_ctx([]):
+                for _, step in migrations.MIGRATIONS[:2]:
+                    step(database)
+            now = convert.utc_now()
+            for n in range(2):
+                database.execute_sql(
+                    "INSERT INTO sequences (id, brand_id, name, description, status, created_at,"
+                    f" updated_at) VALUES ({', '.join([database.param] * 7)})",
+                    (convert.new_id().hex, "b", f"s{n}", None, "draft", now, now),
+                )
+            migrations.MIGRATIONS[2][1](database)
+            rows = list(models.SequenceRow.select().dicts().execute(database))
+    finally:
+        database.close_all()
+    assert [(r["revision"], r["changed"], r["deleted_at"]) for r in rows] == [(0, True, None)] * 2
+    assert len({r["etag"] for r in rows}) == 2 and all(len(r["etag"]) == 32 for r in rows)
+
+
+def test_housekeeping_runs_on_its_own(database: pw.Database) -> None:
+    row = _sequence_row("e") | {"deleted_at": convert.utc_now() - dt.timedelta(days=31)}
+    with database.connection_context():
+        store.insert_sequence(database, row, [])
+    stop = housekeeping.start(database, interval=0.05)
+    try:
+        for _ in range(200):  # waits for the thread, bounded; asserts no timing
+            with database.connection_context():
+                if store.get_sequence(database, row["id"]) is None:
+                    return
+            stop.wait(0.05)
+        pytest.fail("the housekeeping thread did not purge the sequence deleted 31 days ago")
+    finally:
+        stop.set()
