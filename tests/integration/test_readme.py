@@ -1,7 +1,7 @@
 """The README's examples, run as written against a real stack.
 
 Each ```sh block holding one command is followed by a ```text block with what it prints.
-Ports are swapped for the stack's; ids and timestamps are compared by shape only. For
+Ports are swapped for the stack's; ids, etags and timestamps are compared by shape only. For
 `curl -i` the status line and the headers shown must match and the body must be equal.
 The ```python client example, followed by its ```text output, is run the same way."""
 
@@ -24,13 +24,14 @@ EXAMPLE = re.compile(
 )
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z")
+ETAG = re.compile(r'("etag": ?")[0-9a-f]{32}"')
 PYTHON_EXAMPLE = re.compile(r"```python\n(?P<code>.*?)```\n```text\n(?P<output>.*?)```", re.S)
 EXAMPLES = EXAMPLE.findall(README.read_text())
 PYTHON_EXAMPLES = PYTHON_EXAMPLE.findall(README.read_text())
 
 
 def _shape(text: str) -> str:
-    return TIMESTAMP.sub("<time>", UUID.sub("<uuid>", text)).strip()
+    return ETAG.sub(r'\1<etag>"', TIMESTAMP.sub("<time>", UUID.sub("<uuid>", text))).strip()
 
 
 def _split_http(text: str) -> tuple[str, set[str], str]:

@@ -81,5 +81,5 @@ def test_its_base_install_is_a_working_client_without_the_server(
     )
     assert (command.returncode, command.stdout) == (1, "")
     assert command.stderr == (
-        'comms: the server is not installed (peewee is missing): pip install "comms[server]"\n'
+        'comms: the server is not installed (jwt is missing): pip install "comms[server]"\n'
     )
