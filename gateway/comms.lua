@@ -48,33 +48,25 @@ local function unescape_key(s)
   return (s:gsub("\\(.)", "%1"))
 end
 
--- Words for the transcoder's "invalid value X for type T" messages.
-local TYPE_RULES = {
-  TYPE_INT32 = "must be an integer from 0 to 2147483647",
-  TYPE_STRING = "must be a string",
-  ["type.googleapis.com/comms.v1.Channel"] = "must be one of email, sms, push, in_app",
-  ["type.googleapis.com/comms.v1.Step"] = "must be an object",
-}
-
--- Does the top-level object have a "steps" key holding an array? The
--- transcoder reads a missing "steps", null and [] all as an empty list, and
+-- Does the top-level object have the required list (list, e.g. "steps")?
+-- The transcoder reads a missing list, null and [] all as an empty list, and
 -- {} as one element, so only the raw body can tell. Returns "ok", "missing",
 -- "not_array", "malformed" for tokens JSON never allows but the transcoder
--- accepts ('single quotes', unquoted keys: they would hide a "steps" key),
+-- accepts ('single quotes', unquoted keys: they would hide the list's key),
 -- "refused" and a message for what the transcoder would misread silently
--- (a null or list item of "steps": skipped or flattened) or refuse without
--- naming the field (a list for a field that takes one value: single_fields()
--- gives them by JSON name, {body = {...}, step = {...}}), or nil when the
+-- (a null or list item of the list: skipped or flattened) or refuse without
+-- naming the field (a list for a field that takes one value:
+-- fields() has them by the path as sent, "name" or "steps[].position"), or nil when the
 -- body is not an object or is cut short (the transcoder reports those with
 -- its own message). A third value is the body to forward instead, when it has
 -- members with an empty name in the body or a step: the transcoder would read
 -- them as the object itself, so they are dropped, as unknown fields are ignored.
-local function steps_state(body, single_fields)
+local function list_state(body, list, fields)
   local i = body:find("%S")
   if not i or body:sub(i, i) ~= "{" then return nil end
   local depth, state, n = 0, "missing", #body
-  -- Where the steps array opens, whether we are in it, its current item.
-  local steps_at, in_steps, item, problem = nil, false, 0, nil
+  -- Where the list opens, whether we are in it, its current item.
+  local list_at, in_list, item, problem = nil, false, 0, nil
   -- Spans of empty-name members to drop, the one being read ({from, depth,
   -- kept}), and whether the object at each depth has a member kept before it:
   -- then the comma before the dropped one goes with it, else the one after.
@@ -86,11 +78,11 @@ local function steps_state(body, single_fields)
     -- true/false/null may appear.
     local gap = body:sub(i, j - 1)
     if gap:find("[^%s,:%d%.eE%+%-truefalsn]") then return "malformed" end
-    if in_steps and depth == 2 then  -- between items of "steps"
+    if in_list and depth == 2 then  -- between items of the list
       local null_at = gap:find("null", 1, true)
       item = item + select(2, gap:sub(1, (null_at or 0) - 1):gsub(",", ""))
       if null_at then
-        problem = problem or string.format("steps[%d]: must be an object (got null)", item)
+        problem = problem or string.format("%s[%d]: must be an object (got null)", list, item)
       end
     end
     local c = body:sub(j, j)
@@ -104,7 +96,7 @@ local function steps_state(body, single_fields)
       end
       local colon = body:find("%S", k + 1)
       local is_key = colon and body:sub(colon, colon) == ":"
-      if is_key and (depth == 1 or (in_steps and depth == 3)) then
+      if is_key and (depth == 1 or (in_list and depth == 3)) then
         -- The comma before this member (nil if missing: the transcoder says so).
         local comma = (cut or k == j + 1) and gap:find(",")
         comma = comma and i + comma - 1
@@ -117,12 +109,11 @@ local function steps_state(body, single_fields)
           kept[depth] = true
           if body:find("^%s*%[", colon + 1) then  -- a list: is it for a one-value field?
             local name = unescape_key(body:sub(j + 1, k - 1))
-            local field = not (depth == 1 and name == "steps")
-              and single_fields()[depth == 1 and "body" or "step"][name]
+            local field = not (depth == 1 and name == list)
+              and fields()[depth == 1 and name or list .. "[]." .. name]
             if field then
-              local where = depth == 1 and "" or string.format("steps[%d].", item)
-              problem = problem or string.format("%s%s: %s (got a list)", where, field.name,
-                TYPE_RULES[field.type] or "must not be a list")
+              local where = depth == 1 and "" or string.format("%s[%d].", list, item)
+              problem = problem or string.format("%s%s: %s (got a list)", where, field.name, field.rule)
             end
           end
         elseif kept[depth] and not comma then
@@ -131,18 +122,18 @@ local function steps_state(body, single_fields)
           cut = {kept[depth] and comma or j, depth, kept[depth]}
         end
       end
-      if depth == 1 and is_key and unescape_key(body:sub(j + 1, k - 1)) == "steps" then
+      if depth == 1 and is_key and unescape_key(body:sub(j + 1, k - 1)) == list then
         local v = body:find("%S", colon + 1)
         if not v then return nil end
         local first = body:sub(v, v)
-        if first == "[" then state, steps_at = "ok", v
+        if first == "[" then state, list_at = "ok", v
         elseif body:sub(v, v + 3) == "null" then state = "missing"
         else state = "not_array" end
       end
       i = k + 1
     else
-      if in_steps and depth == 2 and c == "[" then
-        problem = problem or string.format("steps[%d]: must be an object (got a list)", item)
+      if in_list and depth == 2 and c == "[" then
+        problem = problem or string.format("%s[%d]: must be an object (got a list)", list, item)
       end
       if c == "}" and cut and cut[2] == depth then
         cuts[#cuts + 1] = {cut[1], j - 1}
@@ -151,8 +142,8 @@ local function steps_state(body, single_fields)
       depth = depth + ((c == "{" or c == "[") and 1 or -1)
       if c == "{" then kept[depth] = false end
       i = j + 1
-      if j == steps_at then in_steps, item = true, 0 end
-      if depth < 2 then in_steps = false end
+      if j == list_at then in_list, item = true, 0 end
+      if depth < 2 then in_list = false end
       if depth < 0 then return nil end
       if depth == 0 then
         -- The object closed: only whitespace may follow.
@@ -175,7 +166,7 @@ end
 -- Make a transcoder failure read like the server's messages: "<field path>:
 -- <rule>". Parse errors have no path and append a multi-line excerpt of the
 -- body: keep their first line only.
-local function tidy(msg)
+local function tidy(msg, fields)
   local path, rest = msg:match("^([%w_%.%[%]]*): (.*)$")
   if not path then return "body: malformed JSON: " .. msg:match("^[^\n]*") end
   local field = rest:match("^invalid value Starting an object on a scalar field for type (.+)$")
@@ -187,10 +178,9 @@ local function tidy(msg)
   if rest == "Proto field is not repeating, cannot start list." then
     return path .. ": a list was given for a field that is not a list"
   end
-  local value, type_name = rest:match("^invalid value (.*) for type (%S+)$")
-  if value and TYPE_RULES[type_name] then
-    return path .. ": " .. TYPE_RULES[type_name] .. " (got " .. value .. ")"
-  end
+  local value = rest:match("^invalid value (.*) for type %S+$")
+  local field = value and fields and fields[(path:gsub("%[%d+%]", "[]"))]
+  if field then return path .. ": " .. field.rule .. " (got " .. value .. ")" end
   return path .. ": " .. rest
 end
 
@@ -262,7 +252,9 @@ function envoy_on_request(handle)
     if body then body:setBytes("") end
     return
   end
-  if method ~= "POST" then return end
+  -- A body with a required list (route metadata "list") is checked here.
+  local list = method == "POST" and handle:metadata():get("list")
+  if not list then return end
 
   -- Local 422 replies carry the bare message; envoy_on_response wraps it.
   local body = handle:body()
@@ -271,16 +263,16 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "422"}, "body: must be a JSON object")
     return
   end
-  -- The route's table is read only for a list value that is not "steps".
-  local state, problem, forward = steps_state(text, function()
-    return handle:metadata():get("single_fields")
+  -- The route's fields are read only for a list value that is not the list.
+  local state, problem, forward = list_state(text, list, function()
+    return handle:metadata():get("fields")
   end)
   if state == "refused" then
     handle:respond({[":status"] = "422"}, problem)
   elseif state == "missing" then
-    handle:respond({[":status"] = "422"}, "steps: is required")
+    handle:respond({[":status"] = "422"}, list .. ": is required")
   elseif state == "not_array" then
-    handle:respond({[":status"] = "422"}, "steps: must be an array")
+    handle:respond({[":status"] = "422"}, list .. ": must be an array")
   elseif state == "malformed" then
     handle:respond({[":status"] = "422"}, "body: malformed JSON")
   elseif forward then
@@ -314,7 +306,7 @@ function envoy_on_response(handle)
     headers:replace("content-type", "application/json")  -- headers first: body() ends their scope
     local body = handle:body(true)
     local text = body:getBytes(0, body:length())
-    body:setBytes('{"error":"validation_error","message":' .. json_string(tidy(text)) .. "}\n")
+    body:setBytes('{"error":"validation_error","message":' .. json_string(tidy(text, handle:metadata():get("fields"))) .. "}\n")
     return
   end
 

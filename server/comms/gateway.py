@@ -13,8 +13,6 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from google.protobuf import descriptor_pb2
-
 from comms.config import Settings, address
 from comms.v1 import sequences_pb2 as pb
 
@@ -62,29 +60,75 @@ def _endpoints(host: str, ports: list[int]) -> str:
     )
 
 
-def _single_fields() -> str:
-    """For comms.lua, as a YAML flow map: the fields of a create body and of its steps that
-    take one value (not a list), by each JSON name the transcoder reads, with their proto
-    name and their type as the transcoder's messages name it."""
+def _wording(schema: dict[str, Any]) -> str:
+    """What a JSON value of the wrong type for this schema is told (comms.lua's messages)."""
+    if "enum" in schema:
+        return "must be one of " + ", ".join(schema["enum"])
+    kinds = schema.get("type", "object")
+    kind = next(k for k in kinds if k != "null") if isinstance(kinds, list) else kinds
+    if kind == "integer":
+        return f"must be an integer from {schema['minimum']} to {schema['maximum']}"
+    return _TYPE_WORDS[kind]
 
-    def table(message: Any) -> dict[str, dict[str, str]]:  # a protobuf Descriptor
-        fields = {}
+
+_TYPE_WORDS = {
+    "string": "must be a string",
+    "number": "must be a number",
+    "boolean": "must be true or false",
+    "array": "must be an array",
+    "object": "must be an object",
+}
+
+
+def path_checks(document: dict[str, Any], path: str) -> dict[str, Any]:
+    """For comms.lua's route metadata, what the transcoder cannot say by itself about the
+    requests of one path, read from the OpenAPI document (which states the proto's rules):
+    `list`, a required list of the body, whose absence the transcoder reads as empty; and
+    `fields`, each field of the query and body by its path as sent (page_size, name,
+    steps[].delayMinutes; a list's items as steps[]) with its proto name and the rule a value
+    of the wrong type breaks."""
+    components = document["components"]["schemas"]
+    methods = {m.name: m for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
+    fields: dict[str, dict[str, str]] = {}
+    lists: set[str] = set()
+
+    def resolved(schema: dict[str, Any]) -> dict[str, Any]:
+        ref = schema.get("$ref")
+        return components[ref.rsplit("/", 1)[1]] if ref else schema
+
+    def walk(message: Any, schema: dict[str, Any], prefix: str) -> None:
         for field in message.fields:
-            if field.is_repeated:
-                continue
-            kind = field.enum_type or field.message_type
-            type_name = (
-                f"type.googleapis.com/{kind.full_name}"
-                if kind
-                else descriptor_pb2.FieldDescriptorProto.Type.Name(field.type)
-            )
-            for name in (field.name, field.json_name):
-                fields[name] = {"name": field.name, "type": type_name}
-        return fields
+            prop = resolved(schema["properties"][field.name])
+            if field.is_repeated and field.message_type:
+                item = prefix + field.name + "[]"
+                fields[item] = {"name": field.name, "rule": "must be an object"}
+                walk(field.message_type, resolved(prop["items"]), item + ".")
+            elif not field.is_repeated:
+                entry = {"name": field.name, "rule": _wording(prop)}
+                fields.update(dict.fromkeys({prefix + field.name, prefix + field.json_name}, entry))
 
-    request = pb.CreateSequenceRequest.DESCRIPTOR
-    step = request.fields_by_name["steps"].message_type
-    return json.dumps({"body": table(request), "step": table(step)})
+    for operation in document["paths"][path].values():
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "query":
+                name = parameter["name"]
+                fields[name] = {"name": name, "rule": _wording(parameter["schema"])}
+        if "requestBody" in operation:
+            body = resolved(operation["requestBody"]["content"]["application/json"]["schema"])
+            walk(methods[operation["operationId"]].input_type, body, "")
+            required = body.get("required", [])
+            lists.update(n for n in required if body["properties"][n].get("type") == "array")
+    if len(lists) > 1:  # its tokenizer follows one list per path
+        raise ValueError(f"{path}: comms.lua tells missing from empty for one list only")
+    return {"list": next(iter(lists), None), "fields": fields}
+
+
+def _document() -> dict[str, Any]:
+    return dict(json.loads(openapi_path().read_text()))
+
+
+def _lua_metadata(checks: dict[str, Any]) -> str:
+    """Route metadata members for comms.lua, in YAML flow syntax (JSON is YAML)."""
+    return ", ".join(f"{key}: {json.dumps(value)}" for key, value in checks.items() if value)
 
 
 def render(settings: Settings) -> str:
@@ -100,7 +144,7 @@ def render(settings: Settings) -> str:
         max_body_bytes=MAX_BODY_BYTES,
         max_headers_kib=MAX_HEADERS_KIB,
         max_headers_count=MAX_HEADERS_COUNT,
-        single_fields=_single_fields(),
+        sequences_checks=_lua_metadata(path_checks(_document(), "/v1/sequences")),
         headers_timeout=_duration(settings.gateway_headers_timeout),
         request_timeout=_duration(settings.gateway_request_timeout),
         stream_idle_timeout=_duration(settings.gateway_stream_idle_timeout),
