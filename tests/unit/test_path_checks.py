@@ -65,7 +65,13 @@ def test_no_required_list_no_list_check(document: dict[str, Any]) -> None:
     changed = copy.deepcopy(document)
     changed["components"]["schemas"]["CreateSequenceRequest"]["required"].remove("steps")
     assert gateway.path_checks(changed, "/v1/sequences")["list"] is None
-    assert gateway.path_checks(document, "/v1/sequences/{id}") == {"list": None, "fields": {}}
+    # GET has no parameters but the path's; DELETE takes its etag and request_id as query.
+    assert gateway.path_checks(document, "/v1/sequences/{id}") == {
+        "list": None,
+        "fields": {
+            name: {"name": name, "rule": "must be a string"} for name in ("etag", "request_id")
+        },
+    }
 
 
 def test_the_lua_states_no_rule_of_its_own() -> None:
