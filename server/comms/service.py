@@ -71,7 +71,7 @@ def etag_mismatch(sent: str) -> RpcFailure:
         f"etag {_shown(sent)!r} is not the sequence's current etag: it changed since; "
         "read it again",
         details=[info],
-        metadata=[(ERROR_CODE_HEADER, "etag_mismatch")],
+        metadata=[(ERROR_CODE_HEADER, "etag_mismatch"), (HTTP_CODE_HEADER, "412")],
     )
 
 
