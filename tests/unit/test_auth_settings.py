@@ -87,10 +87,15 @@ def test_dev_token_defaults_to_every_declared_scope(
     token = capsys.readouterr().out.splitlines()[-1]
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["scope"].split() == sorted(set(auth.required_scopes().values()))
+    assert claims["scope"].split() == ["sequences:publish", "sequences:read", "sequences:write"]
     assert "brand_ids" not in claims
 
 
 def test_every_rpc_declares_a_scope() -> None:
     scopes = auth.required_scopes()
     assert scopes["/comms.v1.SequenceService/CreateSequence"] == "sequences:write"
+    for move in ("Activate", "Pause", "Resume", "Archive"):
+        assert scopes[f"/comms.v1.SequenceService/{move}Sequence"] == "sequences:publish"
+    for method in ("Update", "Delete", "Undelete"):
+        assert scopes[f"/comms.v1.SequenceService/{method}Sequence"] == "sequences:write"
     assert all(scopes.values()), scopes
