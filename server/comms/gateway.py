@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
-from google.protobuf import descriptor_pb2
+from google.api import field_behavior_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
 
+from comms import httpapi
 from comms.config import Settings, address
-from comms.v1 import sequences_pb2 as pb
 
 
 def _gateway_dir() -> Path:
@@ -33,6 +36,10 @@ MAX_BODY_BYTES = 1024 * 1024
 # 16 KiB bearer token. The gRPC server's metadata limit is derived from it (server.py).
 MAX_HEADERS_KIB = 32
 MAX_HEADERS_COUNT = 100
+# How long an API route waits for the server.
+ROUTE_TIMEOUT = "15s"
+FIELD_BEHAVIOR: Any = field_behavior_pb2.field_behavior  # typed by the stubs as a plain field
+_OFF = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
 
 
 def _generated(name: str) -> Path:
@@ -62,10 +69,10 @@ def _endpoints(host: str, ports: list[int]) -> str:
     )
 
 
-def _single_fields() -> str:
-    """For comms.lua, as a YAML flow map: the fields of a create body and of its steps that
-    take one value (not a list), by each JSON name the transcoder reads, with their proto
-    name and their type as the transcoder's messages name it."""
+def _single_fields(request: Any) -> dict[str, dict[str, dict[str, str]]]:  # a Descriptor
+    """For comms.lua: the fields of a body and of its steps that take one value (not a list),
+    by each JSON name the transcoder reads, with their proto name and their type as the
+    transcoder's messages name it."""
 
     def table(message: Any) -> dict[str, dict[str, str]]:  # a protobuf Descriptor
         fields = {}
@@ -82,14 +89,90 @@ def _single_fields() -> str:
                 fields[name] = {"name": field.name, "type": type_name}
         return fields
 
-    request = pb.CreateSequenceRequest.DESCRIPTOR
-    step = request.fields_by_name["steps"].message_type
-    return json.dumps({"body": table(request), "step": table(step)})
+    return {"body": table(request), "step": table(request.fields_by_name["steps"].message_type)}
+
+
+def _checks_steps(binding: httpapi.Binding, request: Any) -> bool:  # a Descriptor
+    """Whether comms.lua must tell a missing `steps` from []: the transcoder reads both as an
+    empty list, so a body that requires the list is checked on the raw JSON."""
+    steps = request.fields_by_name.get("steps")
+    return (
+        binding.body == "*"
+        and steps is not None
+        and steps.is_repeated
+        and field_behavior_pb2.REQUIRED in steps.GetOptions().Extensions[FIELD_BEHAVIOR]
+    )
+
+
+def lua_errors() -> dict[str, dict[str, Any]]:
+    """For comms.lua: each gRPC status code the server may send and the HTTP status and error
+    word it becomes (any other is a 500 internal)."""
+    return {
+        str(code): {"status": error.status, "error": error.word}
+        for error in httpapi.ERRORS.values()
+        for code in error.grpc_codes
+    }
+
+
+def api_routes(methods: Iterable[httpapi.Method] = ()) -> list[dict[str, Any]]:
+    """The routes of every HTTP rule of the methods (default: the API's), then one 405 route
+    per path with the Allow header listing the methods it serves."""
+    routes: list[dict[str, Any]] = []
+    allowed: dict[str, list[str]] = {}  # a path's match (as JSON) -> the verbs it serves
+    errors = lua_errors()
+    for method in methods or httpapi.METHODS.values():
+        request = descriptor_pool.Default().FindMessageTypeByName(method.input_type)
+        for binding in method.bindings:
+            match = _path_match(binding)
+            allowed.setdefault(json.dumps(match), []).append(binding.verb.upper())
+            # comms.lua: these reach the server (rpc); max_body_bytes: a body declared larger
+            # is read to its end before the 413, so that the client can read the answer.
+            lua = {"rpc": True, "max_body_bytes": MAX_BODY_BYTES, "errors": errors}
+            if _checks_steps(binding, request):
+                lua |= {"check_steps": True, "single_fields": _single_fields(request)}
+            verb = {"name": ":method", "string_match": {"exact": binding.verb.upper()}}
+            routes.append(
+                {
+                    "match": match | {"headers": [verb]},
+                    "route": {"cluster": "comms_grpc", "timeout": ROUTE_TIMEOUT},
+                    "metadata": {"filter_metadata": {"envoy.filters.http.lua": lua}},
+                }
+            )
+    for path, verbs in allowed.items():
+        allow: dict[str, Any] = {"key": "Allow", "value": ", ".join(sorted(set(verbs)))}
+        routes.append(
+            {
+                "match": json.loads(path),
+                "direct_response": {"status": 405},
+                "response_headers_to_add": [
+                    {"header": allow, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                ],
+                # Else the transcoder's reject_unknown_method answers 404 first.
+                "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": _OFF},
+            }
+        )
+    return routes
+
+
+def _path_match(binding: httpapi.Binding) -> dict[str, Any]:
+    if not binding.fields:
+        return {"path": binding.template}
+    return {"safe_regex": {"regex": binding.regex()}}
+
+
+def _yaml_list(items: list[dict[str, Any]], indent: str) -> str:
+    """A YAML block sequence of flow maps (JSON is valid YAML), its first line unindented."""
+    return f"\n{indent}".join(f"- {json.dumps(item)}" for item in items)
 
 
 def render(settings: Settings) -> str:
-    template = Template((GATEWAY_DIR / "envoy.yaml.in").read_text())
-    return template.substitute(
+    text = (GATEWAY_DIR / "envoy.yaml.in").read_text()
+    placeholder = re.search(r"^( *)\$\{api_routes\}", text, re.MULTILINE)
+    indent = placeholder.group(1) if placeholder else ""
+    return Template(text).substitute(
+        api_routes=_yaml_list(api_routes(), indent),
+        # The error words of the local replies.
+        **{f"word_{word}": word for word in httpapi.ERRORS},
         bind_host=settings.bind_host,
         http_port=settings.http_port,
         admin_port=settings.admin_port,
@@ -100,7 +183,6 @@ def render(settings: Settings) -> str:
         max_body_bytes=MAX_BODY_BYTES,
         max_headers_kib=MAX_HEADERS_KIB,
         max_headers_count=MAX_HEADERS_COUNT,
-        single_fields=_single_fields(),
         headers_timeout=_duration(settings.gateway_headers_timeout),
         request_timeout=_duration(settings.gateway_request_timeout),
         stream_idle_timeout=_duration(settings.gateway_stream_idle_timeout),
