@@ -15,7 +15,7 @@ import grpc
 import peewee as pw
 from google.rpc import error_details_pb2
 
-from comms import auth, convert, paging, store, validation, writer
+from comms import auth, convert, httpapi, paging, store, validation, writer
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 # Violations listed in one error: the message and details travel as gRPC trailers, which
 # clients cap at 8 KiB by default.
 MAX_REPORTED_VIOLATIONS = 20
-# Sent as metadata; the gateway turns it into the HTTP status (and removes it).
-HTTP_CODE_HEADER = "x-http-code"
 # Sent with an error whose gRPC status alone does not say which HTTP error code it is.
 ERROR_CODE_HEADER = "x-error-code"
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -142,16 +140,16 @@ def _still_wanted(context: grpc.ServicerContext, deadline: float) -> None:
         )
 
 
+CREATE = "/comms.v1.SequenceService/CreateSequence"
+
+
 def _created(context: grpc.ServicerContext, found: store.Found, replayed: bool) -> pb.Sequence:
-    sequence, steps = found
-    metadata: tuple[tuple[str, str | bytes], ...] = (
-        (HTTP_CODE_HEADER, "201"),
-        ("location", f"/v1/sequences/{sequence['id']}"),
-    )
+    message = convert.sequence_message(*found)
+    metadata = httpapi.success_metadata(CREATE, message)
     if replayed:
         metadata += (("idempotent-replayed", "true"),)
     context.send_initial_metadata(metadata)
-    return convert.sequence_message(sequence, steps)
+    return message
 
 
 class SequenceService(pb_grpc.SequenceServiceServicer):
