@@ -40,6 +40,7 @@ class PreparedInsert:
 _sql_cache: dict[tuple[str, str], str] = {}
 SEQUENCE_INSERT = PreparedInsert(SequenceRow)
 STEP_INSERT = PreparedInsert(StepRow)
+IDEMPOTENCY_INSERT = PreparedInsert(IdempotencyRow)
 
 
 def insert_sequence(database: pw.Database, sequence: Row, steps: list[Row]) -> None:
@@ -87,41 +88,22 @@ def list_sequences(
     return _with_steps(database, list(rows.dicts().execute(database)))
 
 
-def _idempotency_key(caller: str, brand_id: str, key: str) -> Any:
-    return (
-        (IdempotencyRow.caller == caller)
-        & (IdempotencyRow.brand_id == brand_id)
-        & (IdempotencyRow.key == key)
-    )
+def _idempotency_key(caller: str, key: str) -> Any:
+    return (IdempotencyRow.caller == caller) & (IdempotencyRow.key == key)
 
 
-def find_idempotency(database: pw.Database, caller: str, brand_id: str, key: str) -> Row | None:
-    rows: Any = IdempotencyRow.select().where(_idempotency_key(caller, brand_id, key)).dicts()
+def find_idempotency(database: pw.Database, caller: str, key: str) -> Row | None:
+    rows: Any = IdempotencyRow.select().where(_idempotency_key(caller, key)).dicts()
     found = list(rows.execute(database))
     return found[0] if found else None
 
 
-def insert_idempotency(
-    database: pw.Database,
-    caller: str,
-    brand_id: str,
-    key: str,
-    request_hash: str,
-    sequence_id: uuid.UUID,
-    now: dt.datetime,
-) -> None:
-    IdempotencyRow.insert(
-        caller=caller,
-        brand_id=brand_id,
-        key=key,
-        request_hash=request_hash,
-        sequence_id=sequence_id,
-        created_at=now,
-    ).execute(database)
+def insert_idempotency(database: pw.Database, row: Row) -> None:
+    IDEMPOTENCY_INSERT.run(database, [row])
 
 
-def delete_idempotency(database: pw.Database, caller: str, brand_id: str, key: str) -> None:
-    IdempotencyRow.delete().where(_idempotency_key(caller, brand_id, key)).execute(database)
+def delete_idempotency(database: pw.Database, caller: str, key: str) -> None:
+    IdempotencyRow.delete().where(_idempotency_key(caller, key)).execute(database)
 
 
 def purge_idempotency(database: pw.Database, before: dt.datetime) -> int:

@@ -319,14 +319,19 @@ def test_same_key_other_body_is_refused(stack: Stack) -> None:
     assert stack.counts() == before
 
 
-def test_keys_are_scoped_to_caller_and_brand(stack: Stack) -> None:
+def test_keys_belong_to_the_caller_not_the_brand(stack: Stack) -> None:
+    """Another caller's key of the same name is its own; the same caller's key is one key
+    whatever the brand, so a create for another brand under it is a reused key."""
     brand, other_brand = _brand(), _brand()
-    ids = {
-        _keyed(stack, brand, "shared").json()["id"],
-        _keyed(stack, brand, "shared", token=stack.keys.token(sub="someone-else")).json()["id"],
-        _keyed(stack, other_brand, "shared").json()["id"],
-    }
-    assert len(ids) == 3
+    mine = _keyed(stack, brand, "shared")
+    theirs = _keyed(stack, brand, "shared", token=stack.keys.token(sub="someone-else"))
+    assert (mine.status, theirs.status) == (201, 201)
+    assert "idempotent-replayed" not in theirs.headers
+    assert mine.json()["id"] != theirs.json()["id"]
+    before = stack.counts()
+    elsewhere = _keyed(stack, other_brand, "shared")
+    assert (elsewhere.status, elsewhere.json()["error"]) == (422, "idempotency_key_reused")
+    assert stack.counts() == before
 
 
 @pytest.mark.parametrize(
@@ -362,14 +367,16 @@ def test_bad_keys_are_422(
 def test_grpc_metadata_and_request_id_are_keys_too(stack: Stack, route: str) -> None:
     brand = _brand()
     stub = _stub(stack, route)
-    request = pb.CreateSequenceRequest(brand_id=brand, name="n", request_id="rid-1")
+    # Keys are the caller's, and both routes share one stack: each run uses its own.
+    request = pb.CreateSequenceRequest(brand_id=brand, name="n", request_id=f"rid-{route}")
     first = stub.CreateSequence(request, timeout=10)
     again, call = stub.CreateSequence.with_call(request, timeout=10)
     assert again == first
     assert ("idempotent-replayed", "true") in call.initial_metadata()
     by_header = pb.CreateSequenceRequest(brand_id=brand, name="n")
-    one = stub.CreateSequence(by_header, timeout=10, metadata=[("idempotency-key", "md-1")])
-    two = stub.CreateSequence(by_header, timeout=10, metadata=[("idempotency-key", "md-1")])
+    metadata = [("idempotency-key", f"md-{route}")]
+    one = stub.CreateSequence(by_header, timeout=10, metadata=metadata)
+    two = stub.CreateSequence(by_header, timeout=10, metadata=metadata)
     assert one == two and one.id != first.id
 
 
@@ -425,7 +432,7 @@ def test_expired_keys_are_forgotten(stack: Stack) -> None:
     first = _keyed(stack, brand, "old-key").json()
     with stack.database.connection_context():
         IdempotencyRow.update(created_at=convert.utc_now() - dt.timedelta(hours=49)).where(
-            IdempotencyRow.key == "old-key", IdempotencyRow.brand_id == brand
+            IdempotencyRow.key == "old-key"
         ).execute(stack.database)
     again = _keyed(stack, brand, "old-key")
     assert again.status == 201 and "idempotent-replayed" not in again.headers
