@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import grpc
 import peewee as pw
 import pytest
 
-from comms import auth, convert, idempotency, models, writer
+from comms import auth, convert, idempotency, models, store, writer
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 
@@ -47,11 +48,15 @@ def _run(
         calls.append(1)
         return answer
 
-    result = idempotency.run(
-        database, transact or writer.transactions(database), key, pb.Sequence, work
-    )
+    result = idempotency.run(database, transact or _writers(database), key, pb.Sequence, work)
     assert len(calls) == (0 if result[1] else 1)  # a replay never runs the work
     return result
+
+
+@functools.cache
+def _writers(database: pw.Database) -> Callable[[Callable[[], Any]], Any]:
+    """One transaction runner per database (on SQLite a writer thread), as the service has."""
+    return writer.transactions(database)
 
 
 def _rows(database: pw.Database) -> list[dict[str, Any]]:
@@ -144,7 +149,7 @@ def test_an_expired_key_runs_the_work_again(database: pw.Database) -> None:
 def test_a_call_that_loses_to_a_concurrent_one_with_its_key_replays_it(
     database: pw.Database, failure: Exception
 ) -> None:
-    plain = writer.transactions(database)
+    plain = _writers(database)
 
     def losing(work: Callable[[], Any]) -> Any:
         _run(database, _key(), transact=plain)  # the winner commits first
@@ -162,3 +167,14 @@ def test_a_failure_with_no_winner_is_the_failure(database: pw.Database) -> None:
     with pytest.raises(RpcFailure, match="not allowed"):
         _run(database, _key(), transact=failing)
     assert _rows(database) == []
+
+
+def test_the_purge_forgets_keys_past_their_retention_only(database: pw.Database) -> None:
+    for key in ("old", "recent"):
+        _run(database, _key(key))
+    with database.connection_context():
+        models.IdempotencyRow.update(
+            created_at=convert.utc_now() - idempotency.RETENTION - dt.timedelta(minutes=1)
+        ).where(models.IdempotencyRow.key == "old").execute(database)
+        assert store.purge_idempotency(database, convert.utc_now() - idempotency.RETENTION) == 1
+    assert [row["key"] for row in _rows(database)] == ["recent"]
