@@ -154,7 +154,7 @@ def _row(key: Key, answer: Answer[Any], now: dt.datetime) -> convert.Row:
         "method": key.method,
         "request_hash": key.request_hash,
         "response": answer.message.SerializeToString(),
-        "response_metadata": encode_metadata(answer.metadata),
+        "response_metadata": _encode(answer.metadata),
         "created_at": now,
     }
 
@@ -167,14 +167,14 @@ def _replay(prior: convert.Row, key: Key, response_type: type[Response]) -> Answ
             metadata=[(ERROR_CODE_HEADER, "idempotency_key_reused")],
         )
     message = response_type.FromString(bytes(prior["response"]))
-    return Answer(message, decode_metadata(prior["response_metadata"]))
+    return Answer(message, _decode(prior["response_metadata"]))
 
 
-def encode_metadata(metadata: Sequence[tuple[str, str]]) -> str:
+def _encode(metadata: Sequence[tuple[str, str]]) -> str:
     return json.dumps([list(pair) for pair in metadata], separators=(",", ":"))
 
 
-def decode_metadata(text: str) -> Metadata:
+def _decode(text: str) -> Metadata:
     return tuple((str(name), str(value)) for name, value in json.loads(text))
 
 
