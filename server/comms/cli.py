@@ -33,7 +33,7 @@ def _start_server(settings: config.Settings) -> Server:
         verifier.jwks_path,
         " (the development key pair)" if settings.auth_jwks_path is None else "",
     )
-    housekeeping.start(database)
+    housekeeping.Sweeper(database)
     address = config.address(settings.bind_host, settings.grpc_port)
     worker = settings.worker_index >= 0
     own: tuple[str, ...] = ()

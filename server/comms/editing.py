@@ -10,6 +10,8 @@ from comms.convert import Row
 from comms.v1 import sequences_pb2 as pb
 from comms.validation import FieldViolation
 
+# What an update changes: columns and their new values, and the new step rows (None: kept).
+Changes = tuple[dict[str, Any], list[Row] | None]
 # Mask paths an update may name (the rest of a sequence is the server's or immutable).
 EDITABLE = ("name", "description", "steps")
 
@@ -49,9 +51,7 @@ def violations(request: pb.UpdateSequenceRequest, paths: list[str]) -> list[Fiel
     return found
 
 
-def changes(
-    request: pb.UpdateSequenceRequest, paths: list[str], found: store.Found
-) -> tuple[dict[str, Any], list[Row] | None]:
+def changes(request: pb.UpdateSequenceRequest, paths: list[str], found: store.Found) -> Changes:
     """(changed columns, new step rows or None) for the update; both empty when it would
     change nothing."""
     row, steps = found

@@ -9,8 +9,8 @@ import threading
 
 import peewee as pw
 
-from comms import convert, store
-from comms.service import DELETED_RETENTION, IDEMPOTENCY_RETENTION
+from comms import convert, idempotency, store
+from comms.service import DELETED_RETENTION
 
 log = logging.getLogger(__name__)
 
@@ -20,29 +20,33 @@ INTERVAL_SECONDS = 3600  # what is due outlives its time by at most this
 def sweep(database: pw.Database, now: dt.datetime) -> tuple[int, int]:
     """Forget what is due at now; returns (idempotency keys, sequences) removed."""
     with database.connection_context(), database.atomic():
-        keys = store.purge_idempotency(database, now - IDEMPOTENCY_RETENTION)
+        keys = store.purge_idempotency(database, now - idempotency.RETENTION)
         sequences = store.purge_deleted(database, now - DELETED_RETENTION)
     if keys:
-        log.info("forgot %d idempotency keys older than %s", keys, IDEMPOTENCY_RETENTION)
+        log.info("forgot %d idempotency keys older than %s", keys, idempotency.RETENTION)
     if sequences:
         log.info("purged %d sequences deleted over %s ago", sequences, DELETED_RETENTION)
     return keys, sequences
 
 
-def _run(database: pw.Database, interval: float, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            sweep(database, convert.utc_now())
-        except pw.DatabaseError as error:
-            log.warning("housekeeping failed, tried again in %.0f s: %s", interval, error)
-        stop.wait(interval)
+class Sweeper:
+    """Sweeps now and then every interval seconds, in a daemon thread, until stopped."""
 
+    def __init__(self, database: pw.Database, interval: float = INTERVAL_SECONDS) -> None:
+        self._database, self._interval = database, interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="housekeeping")
+        self._thread.start()
 
-def start(database: pw.Database, interval: float = INTERVAL_SECONDS) -> threading.Event:
-    """Sweep now and then every interval seconds, in a daemon thread, until the returned
-    event is set."""
-    stop = threading.Event()
-    threading.Thread(
-        target=_run, args=(database, interval, stop), daemon=True, name="housekeeping"
-    ).start()
-    return stop
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sweep(self._database, convert.utc_now())
+            except pw.PeeweeException as error:  # the store is down: try again next time
+                log.warning("housekeeping failed, tried again in %.0f s: %s", self._interval, error)
+            self._stopping.wait(self._interval)
+
+    def stop(self) -> None:
+        """Stop, once a sweep under way has finished."""
+        self._stopping.set()
+        self._thread.join()

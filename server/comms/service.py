@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import logging
 import time
 import uuid
@@ -15,7 +14,18 @@ import grpc
 import peewee as pw
 from google.rpc import error_details_pb2
 
-from comms import auth, convert, editing, lifecycle, paging, store, validation, writer
+from comms import (
+    auth,
+    convert,
+    editing,
+    httpapi,
+    idempotency,
+    lifecycle,
+    paging,
+    store,
+    validation,
+    writer,
+)
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -26,18 +36,11 @@ log = logging.getLogger(__name__)
 # Violations listed in one error: the message and details travel as gRPC trailers, which
 # clients cap at 8 KiB by default.
 MAX_REPORTED_VIOLATIONS = 20
-# Sent as metadata; the gateway turns it into the HTTP status (and removes it).
-HTTP_CODE_HEADER = "x-http-code"
-# Sent with an error whose gRPC status alone does not say which HTTP error code it is.
-ERROR_CODE_HEADER = "x-error-code"
-ERROR_DOMAIN = "comms.v1.SequenceService"  # google.rpc.ErrorInfo.domain
-IDEMPOTENCY_HEADER = "idempotency-key"
-# How long an idempotency key is remembered (the contract promises at least 24 hours).
-IDEMPOTENCY_RETENTION = dt.timedelta(hours=48)
 # How long a deleted sequence can be undeleted; then it is purged, and 404 even before.
 DELETED_RETENTION = dt.timedelta(days=30)
 IF_MATCH_HEADER = "if-match"
-# Tries of a move that lost its compare-and-set to a concurrent writer (without an etag
+ERROR_DOMAIN = "comms.v1.SequenceService"  # google.rpc.ErrorInfo.domain
+# Tries of a change that lost its compare-and-set to a concurrent writer (without an etag
 # from the caller, it is checked again against what that writer stored).
 CHANGE_TRIES = 5
 
@@ -71,7 +74,6 @@ def etag_mismatch(sent: str) -> RpcFailure:
         f"etag {_shown(sent)!r} is not the sequence's current etag: it changed since; "
         "read it again",
         details=[info],
-        metadata=[(ERROR_CODE_HEADER, "etag_mismatch"), (HTTP_CODE_HEADER, "412")],
     )
 
 
@@ -126,32 +128,6 @@ def _answers_errors(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-def _idempotency_key(
-    request: Any, context: grpc.ServicerContext
-) -> tuple[str, list[FieldViolation]]:
-    """The key from the Idempotency-Key header (idempotency-key metadata) or request_id."""
-    headers = [str(v) for k, v in context.invocation_metadata() if k == IDEMPOTENCY_HEADER]
-    if len(headers) > 1:
-        return "", [FieldViolation("Idempotency-Key", "must be sent at most once")]
-    header = headers[0] if headers else ""
-    if header and request.request_id and header != request.request_id:
-        return "", [
-            FieldViolation("request_id", "must equal the Idempotency-Key header when both are sent")
-        ]
-    if header:
-        return header, validation.idempotency_key_violations("Idempotency-Key", header)
-    # request_id's rules are checked with the rest of the request.
-    return request.request_id, []
-
-
-def _fingerprint(request: pb.CreateSequenceRequest) -> str:
-    """What makes two creates the same request: every field but the key itself."""
-    copy = pb.CreateSequenceRequest()
-    copy.CopyFrom(request)
-    copy.ClearField("request_id")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
-
-
 def _deadline(context: grpc.ServicerContext) -> float:
     """When the caller stops waiting (time.monotonic): its grpc-timeout, or for HTTP callers
     the gateway's route timeout, which Envoy sends as x-envoy-expected-rq-timeout-ms."""
@@ -172,18 +148,6 @@ def _still_wanted(context: grpc.ServicerContext, deadline: float) -> None:
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "the deadline passed before the create could commit; nothing was stored",
         )
-
-
-def _created(context: grpc.ServicerContext, found: store.Found, replayed: bool) -> pb.Sequence:
-    sequence, steps = found
-    metadata: tuple[tuple[str, str | bytes], ...] = (
-        (HTTP_CODE_HEADER, "201"),
-        ("location", f"/v1/sequences/{sequence['id']}"),
-    )
-    if replayed:
-        metadata += (("idempotent-replayed", "true"),)
-    context.send_initial_metadata(metadata)
-    return convert.sequence_message(sequence, steps)
 
 
 def _etag(sent: str, context: grpc.ServicerContext) -> tuple[str, list[FieldViolation]]:
@@ -207,6 +171,10 @@ def _sequence_id(text: str) -> uuid.UUID:
         raise not_found(text) from None
 
 
+_METHODS = pb.DESCRIPTOR.services_by_name["SequenceService"].methods_by_name
+CREATE = "/comms.v1.SequenceService/CreateSequence"
+
+
 class SequenceService(pb_grpc.SequenceServiceServicer):
     def __init__(self, database: pw.Database) -> None:
         self._db = database
@@ -219,55 +187,28 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
     ) -> pb.Sequence:
         deadline = _deadline(context)
         auth.require_brand(request.brand_id)
-        key, key_violations = _idempotency_key(request, context)
+        key, key_violations = idempotency.read_key(request, context)
         violations = validation.violations(request) + key_violations
         if violations:
             raise invalid_argument(violations)
-        now = convert.utc_now()
-        sequence, steps = convert.rows_from_request(request, now)
-        caller = hashlib.sha256(auth.current_principal().subject.encode()).hexdigest()
-        fingerprint = _fingerprint(request) if key else ""
+        sequence, steps = convert.rows_from_request(request, convert.utc_now())
+        # Built outside the transaction: on SQLite every transaction runs in the one writer.
+        message = convert.sequence_message(sequence, steps)
+        created = idempotency.Answer(message, httpapi.success_metadata(CREATE, message))
 
-        def store_it() -> Any:
-            """In the transaction: the earlier create with this key, or None once stored."""
-            if key:
-                prior = store.find_idempotency(self._db, caller, request.brand_id, key)
-                if prior is not None and prior["created_at"] < now - IDEMPOTENCY_RETENTION:
-                    store.delete_idempotency(self._db, caller, request.brand_id, key)
-                    prior = None
-                if prior is not None:
-                    return prior
-                # The key row first: a concurrent create with this key waits on it.
-                store.insert_idempotency(
-                    self._db, caller, request.brand_id, key, fingerprint, sequence["id"], now
-                )
+        def store_it() -> idempotency.Answer[pb.Sequence]:
             store.insert_sequence(self._db, sequence, steps)
-            _still_wanted(context, deadline)
-            return None
+            return created
 
-        try:
-            prior = self._transact(store_it)
-        except pw.IntegrityError:
-            if not key:
-                raise
-            # A concurrent create with the same key committed first: answer as it did.
-            with self._db.connection_context():
-                prior = store.find_idempotency(self._db, caller, request.brand_id, key)
-            if prior is None:
-                raise
-        if prior is None:
-            return _created(context, (sequence, steps), replayed=False)
-        if prior["request_hash"] != fingerprint:
-            raise RpcFailure(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the idempotency key {key!r} was already used with a different request",
-                metadata=[(ERROR_CODE_HEADER, "idempotency_key_reused")],
-            )
-        with self._db.connection_context():
-            original = store.get_sequence(self._db, prior["sequence_id"])
-        if original is None:
-            raise RpcFailure(grpc.StatusCode.INTERNAL, "internal error")
-        return _created(context, original, replayed=True)
+        answer, replayed = idempotency.run(
+            self._db,
+            self._transact,
+            idempotency.key_for(key, _METHODS["CreateSequence"].full_name, request),
+            pb.Sequence,
+            store_it,
+            last=lambda: _still_wanted(context, deadline),
+        )
+        return idempotency.respond(context, answer, replayed)
 
     @_answers_errors
     def GetSequence(
@@ -340,25 +281,24 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         self,
         request: Any,
         context: grpc.ServicerContext,
-        sequence_id_text: str,
-        sent_etag: str,
+        target: tuple[str, str],
         move: lifecycle.Move,
         violations: list[FieldViolation],
-        edit: Callable[[store.Found], Any] | None = None,
+        edit: Callable[[store.Found], editing.Changes] | None = None,
     ) -> pb.Sequence:
         """Check in the contract's order (the sequence, the request's rules, the etag, the
-        state), then store the move (and edit's (changes, steps or None)) in one transaction.
-        """
+        state), then store the move, and edit's changes, in one transaction (with the answer,
+        when the call has an idempotency key). target is the (id, etag) the request names."""
+        sequence_id_text, sent_etag = target
+        method = _METHODS[type(request).__name__.removesuffix("Request")].full_name
         etag, etag_violations = _etag(sent_etag, context)
-        # The key is read and checked here; storing and replaying answers is the answer
-        # store's job (create's own mechanism predates it).
-        _, key_violations = _idempotency_key(request, context)
-        violations = violations + etag_violations + key_violations + validation.violations(request)
+        key, key_violations = idempotency.read_key(request, context)
+        violations = violations + etag_violations + key_violations
         sequence_id = _sequence_id(sequence_id_text)
         # Work may run in the writer's thread, which does not see the caller's context.
         caller = auth.current_principal()
 
-        def work() -> store.Found:
+        def work() -> idempotency.Answer[pb.Sequence]:
             found = self._found(sequence_id, sequence_id_text, caller)
             row, steps = found
             if violations:
@@ -380,40 +320,47 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
                 changes["status"] = status
             if now_deleted != deleted:
                 changes["deleted_at"] = now if now_deleted else None
-            if not changes and new_steps is None:
-                return found  # an edit to the same values changes nothing, not even the etag
-            changes |= {"etag": convert.new_etag(), "updated_at": now}
-            if edit is not None:
-                changes["changed"] = True
-            elif move in lifecycle.GOING_LIVE and row["changed"]:
-                changes |= {"revision": row["revision"] + 1, "changed": False}
-            if not store.update_sequence_if(self._db, sequence_id, row["etag"], changes):
-                raise _Lost()
-            if new_steps is not None:
-                store.replace_steps(self._db, sequence_id, new_steps)
-            if "revision" in changes:
-                revision = convert.revision_row(
-                    row, steps, changes["revision"], now, caller.subject
-                )
-                store.insert_revision(self._db, revision)
-            stored = store.get_sequence(self._db, sequence_id)
-            assert stored is not None  # just changed in this transaction
-            return stored
+            if changes or new_steps is not None:  # an edit to the same values changes nothing
+                changes |= {"etag": convert.new_etag(), "updated_at": now}
+                if edit is not None:
+                    changes["changed"] = True
+                elif move in lifecycle.GOING_LIVE and row["changed"]:
+                    changes |= {"revision": row["revision"] + 1, "changed": False}
+                if not store.update_sequence_if(self._db, sequence_id, row["etag"], changes):
+                    raise _Lost()
+                if new_steps is not None:
+                    store.replace_steps(self._db, sequence_id, new_steps)
+                if "revision" in changes:
+                    revision = convert.revision_row(
+                        row, steps, changes["revision"], now, caller.subject
+                    )
+                    store.insert_revision(self._db, revision)
+                found = store.get_sequence(self._db, sequence_id) or found
+            message = convert.sequence_message(*found)
+            return idempotency.Answer(message, httpapi.success_metadata(f"/{method}", message))
 
         for _ in range(CHANGE_TRIES):
             try:
-                return convert.sequence_message(*self._transact(work))
+                answer, replayed = idempotency.run(
+                    self._db,
+                    self._transact,
+                    idempotency.key_for(key, method, request),
+                    pb.Sequence,
+                    work,
+                )
+                return idempotency.respond(context, answer, replayed)
             except _Lost:
                 if etag not in ("", "*"):
                     raise etag_mismatch(etag) from None
         raise RpcFailure(
-            grpc.StatusCode.ABORTED, "the sequence is changing too often to change it; retry"
+            grpc.StatusCode.UNAVAILABLE, "the sequence is changing too fast to change it; retry"
         )
 
     def _move(
         self, request: Any, context: grpc.ServicerContext, move: lifecycle.Move
     ) -> pb.Sequence:
-        return self._change(request, context, request.id, request.etag, move, [])
+        violations = validation.violations(request)
+        return self._change(request, context, (request.id, request.etag), move, violations)
 
     @_answers_errors
     def UpdateSequence(
@@ -421,13 +368,12 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
     ) -> pb.Sequence:
         paths, violations = editing.paths(request)
         violations += editing.violations(request, paths)
-        # The sequence's own rules are the create rules above; validate the rest only.
-        rest = pb.UpdateSequenceRequest(request_id=request.request_id)
+        # The sequence's rules are the create rules above; the request's own are the rest.
+        violations += validation.violations(pb.UpdateSequenceRequest(request_id=request.request_id))
         return self._change(
-            rest,
+            request,
             context,
-            request.sequence.id,
-            request.sequence.etag,
+            (request.sequence.id, request.sequence.etag),
             lifecycle.Move.EDIT,
             violations,
             lambda found: editing.changes(request, paths, found),

@@ -57,7 +57,9 @@ def test_every_http_rule_is_an_operation_with_its_scope() -> None:
             rule = options.Extensions[annotations_pb2.http]
             verb = rule.WhichOneof("pattern")
             scope = options.Extensions[options_pb2.required_scope]
-            expected.add((getattr(rule, verb), verb, method.name, scope))
+            # A field of a field in the path is named by its own name ({sequence.id}: {id}).
+            path = getattr(rule, verb).replace("{sequence.id}", "{id}")
+            expected.add((path, verb, method.name, scope))
     found = {
         (path, verb, op["operationId"], op["security"][0]["bearer"][0])
         for path, operations in DOC["paths"].items()
@@ -67,18 +69,52 @@ def test_every_http_rule_is_an_operation_with_its_scope() -> None:
     assert ("/v1/sequences", "post", "CreateSequence", "sequences:write") in found
 
 
-def test_every_operation_lists_every_error_the_gateway_sends() -> None:
-    errors = ["400", "401", "403", "404", "405", "408", "413", "422", "431", "500", "503", "504"]
-    for path, operations in DOC["paths"].items():
-        for verb, op in operations.items():
-            success = "201" if op["operationId"] == "CreateSequence" else "200"
-            body = ["415"] if "requestBody" in op else []
-            assert list(op["responses"]) == [success, *sorted(errors + body)], (path, verb)
+def test_each_operation_lists_the_errors_it_can_answer() -> None:
+    gateway_and_auth = ["400", "401", "403", "405", "408", "422", "431", "500", "503", "504"]
+    changes, body = ["404", "409", "412"], ["413", "415"]
+    expected = {
+        ("/v1/sequences", "post"): ["201", *sorted([*gateway_and_auth, "413", "415"])],
+        ("/v1/sequences", "get"): ["200", *gateway_and_auth],
+        ("/v1/sequences/{id}", "get"): ["200", *sorted([*gateway_and_auth, "404"])],
+        # The changes: 409 for a state that does not allow it, 412 for a stale etag.
+        ("/v1/sequences/{id}", "patch"): ["200", *sorted([*gateway_and_auth, *changes, *body])],
+        ("/v1/sequences/{id}", "delete"): ["200", *sorted([*gateway_and_auth, *changes])],
+        **{
+            (f"/v1/sequences/{{id}}:{verb}", "post"): [
+                "200",
+                *sorted([*gateway_and_auth, *changes, *body]),
+            ]
+            for verb in ("activate", "pause", "resume", "archive", "undelete")
+        },
+        ("/v1/sequences/{sequence_id}/revisions", "get"): [
+            "200",
+            *sorted([*gateway_and_auth, "404"]),
+        ],
+        ("/v1/sequences/{sequence_id}/revisions/{revision}", "get"): [
+            "200",
+            *sorted([*gateway_and_auth, "404"]),
+        ],
+    }
+    found = {
+        (path, verb): list(op["responses"])
+        for path, operations in DOC["paths"].items()
+        for verb, op in operations.items()
+    }
+    assert found == expected
     responses = DOC["components"]["responses"]
-    assert responses["validation_error"]["content"]["application/json"]["schema"] == {
+    create_422 = DOC["paths"]["/v1/sequences"]["post"]["responses"]["422"]
+    assert create_422["content"]["application/json"]["schema"] == {
         "allOf": [
             {"$ref": "#/components/schemas/Error"},
             {"properties": {"error": {"enum": ["validation_error", "idempotency_key_reused"]}}},
+        ]
+    }
+    listing_422 = DOC["paths"]["/v1/sequences"]["get"]["responses"]["422"]
+    assert listing_422 == {"$ref": "#/components/responses/validation_error"}
+    assert responses["validation_error"]["content"]["application/json"]["schema"] == {
+        "allOf": [
+            {"$ref": "#/components/schemas/Error"},
+            {"properties": {"error": {"enum": ["validation_error"]}}},
         ]
     }
     assert SCHEMAS["Error"]["required"] == ["error", "message"]
