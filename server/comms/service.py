@@ -290,7 +290,11 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         state), then store the move, and edit's changes, in one transaction (with the answer,
         when the call has an idempotency key). target is the (id, etag) the request names."""
         sequence_id_text, sent_etag = target
-        method = _METHODS[type(request).__name__.removesuffix("Request")].full_name
+        descriptor = _METHODS[type(request).__name__.removesuffix("Request")]
+        method, grpc_path = (
+            descriptor.full_name,
+            f"/{descriptor.containing_service.full_name}/{descriptor.name}",
+        )
         etag, etag_violations = _etag(sent_etag, context)
         key, key_violations = idempotency.read_key(request, context)
         violations = violations + etag_violations + key_violations
@@ -337,7 +341,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
                     store.insert_revision(self._db, revision)
                 found = store.get_sequence(self._db, sequence_id) or found
             message = convert.sequence_message(*found)
-            return idempotency.Answer(message, httpapi.success_metadata(f"/{method}", message))
+            return idempotency.Answer(message, httpapi.success_metadata(grpc_path, message))
 
         for _ in range(CHANGE_TRIES):
             try:

@@ -458,11 +458,20 @@ def test_unknown_path_is_404(stack: Stack, path: str) -> None:
     assert _error(response) == {"error": "not_found", "message": f"no route for GET {path}"}
 
 
-@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "OPTIONS"])
+ITEM = "/v1/sequences/01a220a3-7b38-781c-86d0-a6acf97fec34"
+
+
 @pytest.mark.parametrize(
-    ("path", "allowed"),
-    [("/v1/sequences", "GET, POST"), ("/v1/sequences/01a220a3-7b38-781c-86d0-a6acf97fec34", "GET")],
-    ids=["collection", "item"],
+    ("path", "method", "allowed"),
+    [
+        *[
+            ("/v1/sequences", method, "GET, POST")
+            for method in ("PUT", "PATCH", "DELETE", "OPTIONS")
+        ],
+        *[(ITEM, method, "DELETE, GET, PATCH") for method in ("PUT", "POST", "OPTIONS")],
+        (f"{ITEM}:activate", "GET", "POST"),
+        (f"{ITEM}/revisions", "POST", "GET"),
+    ],
 )
 def test_other_methods_are_405(stack: Stack, method: str, path: str, allowed: str) -> None:
     before = stack.counts()
