@@ -302,3 +302,41 @@ def test_list_filters_by_status_and_deleted(stack: Stack) -> None:
     assert response.status == 422
     assert response.json()["error"] == "validation_error"
     assert response.json()["message"].startswith("status")
+
+
+def test_a_retried_move_replays_its_first_answer(stack: Stack) -> None:
+    created = _create(stack)
+    key = {"Idempotency-Key": f"activate-{created['id']}"}
+    first = _move(stack, created["id"], "activate", {}, **key)
+    assert first.status == 200 and "idempotent-replayed" not in first.headers
+    _ok(_move(stack, created["id"], "pause", {}))  # the sequence changes since
+    again = _move(stack, created["id"], "activate", {}, **key)
+    assert (again.status, again.body, again.headers["idempotent-replayed"]) == (
+        200,
+        first.body,
+        "true",
+    )
+    assert _ok(_get(stack, f"/v1/sequences/{created['id']}"))["status"] == "paused"
+    # The same key for another method, or another body, is refused.
+    for response in (
+        _move(stack, created["id"], "resume", {}, **key),
+        _move(stack, created["id"], "activate", {"etag": "x"}, **key),
+    ):
+        _error(
+            response,
+            422,
+            "idempotency_key_reused",
+            f"the idempotency key {key['Idempotency-Key']!r} was already used with a different"
+            " request",
+        )
+
+
+def test_a_retried_edit_replays_its_first_answer(stack: Stack) -> None:
+    created = _create(stack)
+    key = {"Idempotency-Key": f"edit-{created['id']}"}
+    first = _patch(stack, created["id"], {"name": "once"}, "name", **key)
+    assert first.status == 200
+    _ok(_patch(stack, created["id"], {"name": "twice"}, "name"))
+    again = _patch(stack, created["id"], {"name": "once"}, "name", **key)
+    assert (again.body, again.headers["idempotent-replayed"]) == (first.body, "true")
+    assert _ok(_get(stack, f"/v1/sequences/{created['id']}"))["name"] == "twice"
