@@ -35,7 +35,7 @@ local function unescape_key(s)
   return (s:gsub("\\(.)", "%1"))
 end
 
--- Does the top-level object have the required list (list, e.g. "steps")?
+-- Does the top-level object have its list (list, e.g. "steps"; nil for none)?
 -- The transcoder reads a missing list, null and [] all as an empty list, and
 -- {} as one element, so only the raw body can tell. Returns "ok", "missing",
 -- "not_array", "malformed" for tokens JSON never allows but the transcoder
@@ -238,16 +238,18 @@ function envoy_on_request(handle)
     if body then body:setBytes("") end
     return
   end
-  -- The rest is for the routes whose body has a list to tell missing from []
-  -- (route metadata "list").
+  -- The rest is for the routes that read a body (route metadata "body"); "list"
+  -- is its list, if any, and "list_required" whether a missing one is refused.
+  if not handle:metadata():get("body") then return end
   local list = handle:metadata():get("list")
-  if not list then return end
+  local required = handle:metadata():get("list_required")
 
   -- Local 422 replies carry the bare message; envoy_on_response wraps it.
   local body = handle:body()
   local text = body and body:getBytes(0, body:length()) or ""
   if not text:find("%S") then
-    handle:respond({[":status"] = "422"}, "body: must be a JSON object")
+    -- No body at all is {} where nothing is required (a custom method's POST).
+    if required then handle:respond({[":status"] = "422"}, "body: must be a JSON object") end
     return
   end
   -- The route's fields are read only for a list value that is not the list.
@@ -256,9 +258,9 @@ function envoy_on_request(handle)
   end)
   if state == "refused" then
     handle:respond({[":status"] = "422"}, problem)
-  elseif state == "missing" then
+  elseif state == "missing" and required then
     handle:respond({[":status"] = "422"}, list .. ": is required")
-  elseif state == "not_array" then
+  elseif state == "not_array" and list then
     handle:respond({[":status"] = "422"}, list .. ": must be an array")
   elseif state == "malformed" then
     handle:respond({[":status"] = "422"}, "body: malformed JSON")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from buf.validate import validate_pb2
 from comms import convert, store, validation
 from comms.convert import Row
 from comms.v1 import sequences_pb2 as pb
@@ -12,8 +13,12 @@ from comms.validation import FieldViolation
 
 # What an update changes: columns and their new values, and the new step rows (None: kept).
 Changes = tuple[dict[str, Any], list[Row] | None]
-# Mask paths an update may name (the rest of a sequence is the server's or immutable).
-EDITABLE = ("name", "description", "steps")
+# Mask paths an update may name, as the proto's rule of update_mask lists them (the rest of a
+# sequence is the server's, or immutable). Each must be one of them exactly: the rule itself
+# would let sub-paths (steps.position) through, so it is checked here, not by protovalidate.
+_FIELD_RULES: Any = validate_pb2.field  # typed by the stubs as a plain field
+_MASK = pb.UpdateSequenceRequest.DESCRIPTOR.fields_by_name["update_mask"]
+EDITABLE = tuple(getattr(_MASK.GetOptions().Extensions[_FIELD_RULES].field_mask, "in"))
 
 
 def paths(request: pb.UpdateSequenceRequest) -> tuple[list[str], list[FieldViolation]]:

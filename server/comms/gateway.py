@@ -87,6 +87,11 @@ _TYPE_WORDS = {
 }
 
 
+def _types(schema: dict[str, Any]) -> list[str]:
+    kinds = schema.get("type", [])
+    return kinds if isinstance(kinds, list) else [kinds]
+
+
 def operation_checks(document: dict[str, Any], method: str, body_type: Any) -> dict[str, Any]:
     """For comms.lua's route metadata, what the transcoder cannot say by itself about a
     method's requests, read from its operation in the OpenAPI document (which states the
@@ -125,12 +130,18 @@ def operation_checks(document: dict[str, Any], method: str, body_type: Any) -> d
     if "requestBody" in operation:
         body = resolved(operation["requestBody"]["content"]["application/json"]["schema"])
         walk(body_type, body, "")
-        lists = [
-            n for n in body.get("required", []) if body["properties"][n].get("type") == "array"
-        ]
+        lists = [n for n, prop in body["properties"].items() if "array" in _types(prop)]
     if len(lists) > 1:  # its tokenizer follows one list per body
-        raise ValueError(f"{method}: comms.lua tells missing from empty for one list only")
-    return {k: v for k, v in {"list": lists[0] if lists else None, "fields": fields}.items() if v}
+        raise ValueError(f"{method}: comms.lua follows one list of a body only")
+    checks = {
+        # The body is read (and cleaned of members named ""); "list": the body's list, and
+        # "list_required": whether a missing one is refused (the transcoder reads it as []).
+        "body": "requestBody" in operation,
+        "list": lists[0] if lists else None,
+        "list_required": bool(lists) and lists[0] in body.get("required", []),
+        "fields": fields,
+    }
+    return {k: v for k, v in checks.items() if v}
 
 
 def _document() -> dict[str, Any]:

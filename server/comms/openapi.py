@@ -56,6 +56,10 @@ RULES: dict[str, dict[str, str]] = {
 # A CEL rule the document can state: no two items of a list share this field's value.
 _UNIQUE_CEL = re.compile(r"\.map\((\w+), \1\.(\w+)\)\.unique\(\)")
 
+# An update replaces a sequence's fields with the create rules (comms.editing): in a request,
+# a Sequence's fields take those of the create's fields of the same name.
+RULES_FROM = {".comms.v1.Sequence": ".comms.v1.CreateSequenceRequest"}
+
 # Fields whose JSON the proto type cannot tell: a Value can hold any JSON, this one holds a
 # string, or null for none.
 JSON_TYPES: dict[str, Schema] = {
@@ -215,6 +219,10 @@ def _kind_schema(kind: str, rules: Any, full: str) -> Schema:
                 schema["pattern"] = f"^[^{_literal(value)}]*$"
             else:
                 schema["not"] = {"type": "string", "pattern": _literal(value)}
+        elif kind == "field_mask" and rule.name == "in":
+            # A mask's JSON is its paths joined by commas; each one of these, as a whole.
+            one = "(" + "|".join(re.escape(path) for path in value) + ")"
+            schema["pattern"] = f"^({one}(,{one})*)?$"
         elif kind == "enum" and rule.name == "not_in" and list(value) == [0]:
             pass  # the zero value (*_UNSPECIFIED) is never listed anyway
         elif keywords is not None and rule.name in keywords:
@@ -274,6 +282,11 @@ class Builder:
             self.schemas[name] = self.message_schema(type_name, output)
         return name
 
+    def resolved(self, schema: Schema) -> Schema:
+        """The schema a $ref names in components, or the schema itself."""
+        ref = schema.get("$ref", "")
+        return self.schemas[ref.rsplit("/", 1)[-1]] if ref else schema
+
     def ref(self, type_name: str, output: bool) -> Schema:
         if type_name in WELL_KNOWN:
             return dict(WELL_KNOWN[type_name])
@@ -316,8 +329,19 @@ class Builder:
             schema = self.value(field, output)
         schema |= JSON_TYPES.get(full, {})
         if not output:
-            schema = _with_rules(schema, field, full)
+            schema = _with_rules(schema, self._ruled_by(type_name, field), full)
         return _described(schema, self.d.comments.get(f"{type_name}.{field.name}", ""))
+
+    def _ruled_by(
+        self, type_name: str, field: descriptor_pb2.FieldDescriptorProto
+    ) -> descriptor_pb2.FieldDescriptorProto:
+        """The field whose buf.validate rules apply to this one in a request (an immutable
+        field is not changed by an update, so takes no rules)."""
+        source = RULES_FROM.get(type_name)
+        if field_behavior_pb2.IMMUTABLE in _behaviors(field):
+            return field
+        same = [f for f in self.d.messages[source].field if f.name == field.name] if source else []
+        return same[0] if same else field
 
     def value(self, field: descriptor_pb2.FieldDescriptorProto, output: bool) -> Schema:
         """One value of the field: a scalar, an enum word or a message."""
@@ -386,8 +410,9 @@ class Builder:
         if parameters:
             operation["parameters"] = parameters
         if body is not None:
+            # A body that requires no key may be left out: the gateway reads none as {}.
             operation["requestBody"] = {
-                "required": True,
+                "required": bool(self.resolved(body).get("required")),
                 "content": {"application/json": {"schema": body}},
             }
 

@@ -340,3 +340,34 @@ def test_a_retried_edit_replays_its_first_answer(stack: Stack) -> None:
     again = _patch(stack, created["id"], {"name": "once"}, "name", **key)
     assert (again.body, again.headers["idempotent-replayed"]) == (first.body, "true")
     assert _ok(_get(stack, f"/v1/sequences/{created['id']}"))["name"] == "twice"
+
+
+def test_unknown_and_empty_named_members_are_ignored(stack: Stack) -> None:
+    created = _create(stack)
+    edited = _ok(
+        _patch(
+            stack,
+            created["id"],
+            {"name": "n", "": {}, "colour": "blue", "steps": [STEP | {"": 1}]},
+            "name,steps",
+        )
+    )
+    assert (edited["name"], [s["template_key"] for s in edited["steps"]]) == ("n", ["k"])
+    active = _ok(_move(stack, created["id"], "activate", {"": [1], "colour": "blue"}))
+    assert active["status"] == "active"
+
+
+def test_a_list_for_a_one_value_field_is_422_naming_it(stack: Stack) -> None:
+    created = _create(stack)
+    _error(
+        _patch(stack, created["id"], {"name": ["x"]}, "name"),
+        422,
+        "validation_error",
+        "name: must be a string (got a list)",
+    )
+    _error(
+        _move(stack, created["id"], "activate", {"etag": ["x"]}),
+        422,
+        "validation_error",
+        "etag: must be a string (got a list)",
+    )

@@ -167,13 +167,15 @@ def test_the_rendered_routes_follow_the_http_rules(tmp_path: Path) -> None:
     assert [(_verb(r), r["match"]["safe_regex"]["regex"]) for r in taking] == [
         ("POST", "/v1/sequences/[^/:]+:activate")
     ]
-    # The Lua metadata: every route has the error table; only create checks a list.
+    # The Lua metadata: every route has the error table; only create requires a list.
     for route in rpc:
         lua = route["metadata"]["filter_metadata"][LUA]
         assert lua["rpc"] is True and lua["max_body_bytes"] == gateway.MAX_BODY_BYTES
         assert lua["errors"] == gateway.lua_errors()
         create_route = route["match"].get("path") == "/v1/sequences" and _verb(route) == "POST"
-        assert lua.get("list") == ("steps" if create_route else None), route
+        assert lua.get("list_required") == (True if create_route else None), route
+        followed = create_route or _verb(route) == "PATCH"  # the bodies with steps
+        assert lua.get("list") == ("steps" if followed else None), route
     create, get, list_ = (r["metadata"]["filter_metadata"][LUA] for r in rpc[:3])
     assert create["fields"]["brandId"] == {"name": "brand_id", "rule": "must be a string"}
     assert "fields" not in get and set(list_["fields"]) == {

@@ -66,10 +66,17 @@ def test_a_rule_changed_in_the_document_changes_the_words(document: dict[str, An
     assert fields["steps[].position"]["rule"] == "must be an integer from 0 to 2147483647"
 
 
-def test_no_required_list_no_list_check(document: dict[str, Any]) -> None:
+def test_no_required_list_no_missing_list_check(document: dict[str, Any]) -> None:
+    assert _checks(document, "CreateSequence")["list_required"] is True
     changed = copy.deepcopy(document)
     changed["components"]["schemas"]["CreateSequenceRequest"]["required"].remove("steps")
-    assert "list" not in _checks(changed, "CreateSequence")
+    assert "list_required" not in _checks(changed, "CreateSequence")
+    # An update's steps are followed (for members named "") but may be left out.
+    update = _checks(document, "UpdateSequence")
+    assert (update["body"], update["list"], "list_required" in update) == (True, "steps", False)
+    # A custom method reads a body without a list; Get reads none.
+    assert _checks(document, "ActivateSequence")["body"] is True
+    assert "list" not in _checks(document, "ActivateSequence")
     assert _checks(document, "GetSequence") == {}
 
 
