@@ -8,7 +8,7 @@ runs and by tests/integration/test_faults.py for short ones.
   may be stored twice (what a blind retry would do). A create stored whose answer was an
   error or never came is "in doubt": allowed after a crash (the caller cannot know, and
   retries with an Idempotency-Key), never after a graceful stop.
-- The faults: kill -9 of the server's processes, PostgreSQL backends terminated, writes
+- The faults: kill -9 of a server instance, PostgreSQL backends terminated, writes
   held behind a lock, a full disk (a small tmpfs)."""
 
 from __future__ import annotations
@@ -310,8 +310,8 @@ def check(store: Store, answers: list[Answer]) -> Report:
 
 
 def crash(process: subprocess.Popen[bytes]) -> None:
-    """kill -9 of a process and every process under it (`comms serve` runs one per core),
-    the children first: a parent's death alone would only SIGTERM them, a graceful stop."""
+    """kill -9 of a process and every process under it (a Patroni node and its PostgreSQL),
+    the children first: a parent's death alone might only SIGTERM them, a graceful stop."""
     tree = process_tree(process.pid)
     for pid in reversed(tree):
         with contextlib.suppress(ProcessLookupError):
@@ -319,15 +319,6 @@ def crash(process: subprocess.Popen[bytes]) -> None:
     process.wait()
     while any(_alive(pid) for pid in tree[1:]):
         time.sleep(0.01)  # until the kernel has let go of their ports
-
-
-def crash_one_child(process: subprocess.Popen[bytes]) -> int:
-    """kill -9 of one of the server's processes (the first child); its pid."""
-    children = process_tree(process.pid)[1:]
-    if not children:
-        raise RuntimeError("the server runs in one process: set COMMS_SERVER_PROCESSES")
-    os.kill(children[0], signal.SIGKILL)
-    return children[0]
 
 
 def _alive(pid: int) -> bool:
@@ -339,7 +330,7 @@ def _alive(pid: int) -> bool:
 
 def with_application_name(url: str, name: str) -> str:
     """A PostgreSQL URL whose connections carry this application_name (psycopg2 and
-    playhouse.db_url pass query parameters on to libpq): how a fault finds the server's
+    the server pass the URL's query parameters on to libpq): how a fault finds the server's
     connections, and only them, on a PostgreSQL that others use too."""
     return f"{url}{'&' if '?' in url else '?'}application_name={name}"
 
