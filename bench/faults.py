@@ -54,6 +54,7 @@ class Answer:
     body: Any  # the JSON body (HTTP), the status message (gRPC), or the error
     sequence_id: str  # of an acknowledged create, else ""
     seconds: float  # from sending to the answer
+    replayed: bool = False  # an Idempotency-Key's earlier create, answered again
 
     @property
     def acknowledged(self) -> bool:
@@ -89,25 +90,29 @@ class HttpCaller(Caller):
         self._timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
 
-    def create(self, name: str, **fields: Any) -> Answer:
+    def create(self, name: str, idempotency_key: str = "", **fields: Any) -> Answer:
         data = json.dumps(BODY | fields | {"name": name})
+        headers = self._headers | ({"Idempotency-Key": idempotency_key} if idempotency_key else {})
         started = time.perf_counter()
+        replayed = False
         try:
             if self._connection is None:
                 self._connection = http.client.HTTPConnection(
                     self._url.hostname or "", self._url.port, timeout=self._timeout
                 )
-            self._connection.request("POST", self._url.path, data, self._headers)
+            self._connection.request("POST", self._url.path, data, headers)
             response = self._connection.getresponse()
             raw = response.read()
             status, body = str(response.status), _decoded(response, raw)
+            replayed = response.getheader("idempotent-replayed") == "true"
             if response.will_close:
                 self.close()
         except (OSError, http.client.HTTPException) as error:
             status, body = NO_ANSWER, f"{type(error).__name__}: {error}"
             self.close()
         sequence_id = body.get("id", "") if status == "201" and isinstance(body, dict) else ""
-        return Answer(name, "http", status, body, sequence_id, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return Answer(name, "http", status, body, sequence_id, seconds, replayed)
 
     def close(self) -> None:
         if self._connection is not None:
