@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -58,6 +59,16 @@ def _endpoints(upstreams: tuple[tuple[str, int], ...]) -> str:
             for host, port in upstreams
         ]
     )
+
+
+def _cluster_type(upstreams: tuple[tuple[str, int], ...]) -> str:
+    """STATIC for IP addresses alone; STRICT_DNS, which resolves names, when there is one."""
+    try:
+        for host, _ in upstreams:
+            ipaddress.ip_address(host)
+    except ValueError:
+        return "STRICT_DNS"
+    return "STATIC"
 
 
 def _wording(schema: dict[str, Any]) -> str:
@@ -138,6 +149,7 @@ def render(settings: Settings) -> str:
         http_port=settings.http_port,
         admin_port=settings.admin_port,
         upstream_endpoints=_endpoints(settings.gateway_upstreams),
+        upstream_type=_cluster_type(settings.gateway_upstreams),
         descriptor_path=descriptor_path(),
         openapi_path=openapi_path(),
         lua_path=GATEWAY_DIR / "comms.lua",

@@ -29,11 +29,14 @@ def test_each_upstream_is_an_endpoint_of_the_cluster() -> None:
         {"address": "127.0.0.2", "port_value": 6001},
         {"address": "comms.internal", "port_value": 6002},
     ]
-    assert cluster["type"] == "STRICT_DNS"
+    assert cluster["type"] == "STRICT_DNS"  # a name among them
     assert cluster["health_checks"][0]["grpc_health_check"] == {
         "service_name": "comms.v1.SequenceService"
     }
     assert cluster["outlier_detection"]["consecutive_gateway_failure"] == 3
+    addresses = load({"COMMS_UPSTREAMS": "127.0.0.2:6001,[::1]:6002"})
+    (cluster,) = yaml.safe_load(gateway.render(addresses))["static_resources"]["clusters"]
+    assert cluster["type"] == "STATIC"
 
 
 @pytest.mark.parametrize(
