@@ -192,11 +192,13 @@ def drill(seconds: float, instances: int, clients: int, workdir: Path) -> tuple[
                 f" {failed} of {sent} attempts failed ({how})"
             )
         failed = sum(not a.answer.acknowledged for a in attempts)
+        retried = sum(n > 1 for n in Counter(a.answer.name for a in attempts).values())
         replayed = sum(a.answer.replayed for a in attempts)
         say(
             f"ha: client error rate {failed} of {len(attempts)} attempts"
-            f" ({100 * failed / max(1, len(attempts)):.1f}%); {replayed} retries answered by"
-            " replay (committed before the fault, answer lost)"
+            f" ({100 * failed / max(1, len(attempts)):.1f}%); {retried} of"
+            f" {len(load.finals)} creates needed a retry, {replayed} of them answered by"
+            " replay (committed before the fault, its answer lost)"
         )
         report = faults.check(store, load.finals)
         refused = [a for a in load.finals if not a.acknowledged]
