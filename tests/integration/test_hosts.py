@@ -12,13 +12,15 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from bench import faults
 from bench.faults import Answer, HttpCaller
-from bench.stack import Stack, Store, running_stack
-from tests.conftest import fresh_database_url
+from bench.stack import Stack, Store, running_stack, server_port
+from comms import db
+from tests.conftest import POSTGRES_URL, fresh_database_url
 
 HOSTS = ("127.0.0.2", "127.0.0.3")
 
@@ -115,3 +117,21 @@ def test_with_one_host_killed_the_other_answers_and_the_first_comes_back(stack: 
     assert report.intact, report.summary()
     assert report.in_doubt == 0
     assert report.stored == report.acknowledged
+
+
+def test_the_store_url_may_list_several_hosts(postgres_available: None) -> None:
+    """libpq's multi-host form reaches the server: a host where nothing listens is skipped,
+    and target_session_attrs=read-write takes the one that accepts writes."""
+    parts = urlsplit(POSTGRES_URL)
+    dead = f"127.0.0.1:{server_port()}"
+    netloc = f"{parts.username}@{dead},{parts.hostname}:{parts.port or 5432}"
+    url = urlunsplit(parts._replace(netloc=netloc, query="target_session_attrs=read-write"))
+    database = db.open_database(url, max_connections=1)
+    try:
+        with database.connection_context():
+            ((port, read_only),) = database.execute_sql(
+                "SELECT inet_server_port(), current_setting('transaction_read_only')"
+            ).fetchall()
+    finally:
+        database.close_all()
+    assert (port, read_only) == (parts.port or 5432, "off")
