@@ -17,9 +17,19 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from comms import auth, config, convert, datadir, db, devkeys, gateway, migrations, store
+from comms import (
+    auth,
+    config,
+    convert,
+    datadir,
+    db,
+    devkeys,
+    gateway,
+    idempotency,
+    migrations,
+    store,
+)
 from comms.server import Server, create_server
-from comms.service import IDEMPOTENCY_RETENTION
 
 log = logging.getLogger("comms")
 
@@ -83,10 +93,10 @@ def _forget_old_idempotency_keys(database: pw.Database) -> None:
         try:
             with database.connection_context():
                 purged = store.purge_idempotency(
-                    database, convert.utc_now() - IDEMPOTENCY_RETENTION
+                    database, convert.utc_now() - idempotency.RETENTION
                 )
             if purged:
-                log.info("forgot %d idempotency keys older than %s", purged, IDEMPOTENCY_RETENTION)
+                log.info("forgot %d idempotency keys older than %s", purged, idempotency.RETENTION)
         except pw.DatabaseError as error:
             log.warning("could not forget old idempotency keys: %s", error)
         time.sleep(3600)
