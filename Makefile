@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 GEN := server/comms/v1
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test bench chaos fuzz openapi build generate lint install clean
+.PHONY: run test bench chaos ha fuzz openapi build generate lint install clean
 
 run: $(SERVER) generate
 	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
@@ -32,6 +32,13 @@ bench: build
 # stored per fault; exits 1 if anything acknowledged was lost. ARGS="--seconds 30", "--db sqlite"
 chaos: build
 	$(PY) -m bench.chaos $(ARGS)
+
+# Issue 16's failover drill (README "Several hosts", docs/scaling.md): etcd, two Patroni
+# PostgreSQL nodes, three servers on 127.0.0.2-4 and Envoy; kill -9 the primary, then a
+# server. Installs patroni and etcd-server from Debian when missing (as root).
+# ARGS="--seconds 10", "--instances 2", "--clients 8".
+ha: build
+	$(PY) -m bench.ha $(ARGS)
 
 install: $(STAMP)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -57,14 +58,24 @@ def openapi_path() -> Path:
     return _generated("openapi.json")
 
 
-def _endpoints(host: str, ports: list[int]) -> str:
+def _endpoints(upstreams: tuple[tuple[str, int], ...]) -> str:
     """The cluster's lb_endpoints as a YAML flow list (JSON is valid YAML)."""
     return json.dumps(
         [
             {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
-            for port in ports
+            for host, port in upstreams
         ]
     )
+
+
+def _cluster_type(upstreams: tuple[tuple[str, int], ...]) -> str:
+    """STATIC for IP addresses alone; STRICT_DNS, which resolves names, when there is one."""
+    try:
+        for host, _ in upstreams:
+            ipaddress.ip_address(host)
+    except ValueError:
+        return "STRICT_DNS"
+    return "STATIC"
 
 
 def _wording(schema: dict[str, Any]) -> str:
@@ -223,7 +234,8 @@ def render(settings: Settings) -> str:
         bind_host=settings.bind_host,
         http_port=settings.http_port,
         admin_port=settings.admin_port,
-        upstream_endpoints=_endpoints(settings.upstream_host, settings.upstream_ports),
+        upstream_endpoints=_endpoints(settings.gateway_upstreams),
+        upstream_type=_cluster_type(settings.gateway_upstreams),
         descriptor_path=descriptor_path(),
         openapi_path=openapi_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
