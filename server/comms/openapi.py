@@ -504,12 +504,37 @@ def _error_response(status: int, errors: list[httpapi.Error]) -> Schema:
     return response
 
 
+def _link_created(paths: dict[str, Schema], created: list[tuple[Schema, httpapi.Method]]) -> None:
+    """OpenAPI links from each creating operation's success to every operation on the resource
+    it made (a path under its Location), the resource's id filled in from the answer: what a
+    client, or a stateful fuzzer, does next."""
+    for operation, answer in created:
+        parent, _, variable = answer.location.rpartition("/")
+        field = httpapi.VARIABLE.fullmatch(variable)
+        if field is None:
+            continue
+        links: Schema = {}
+        for path, operations in paths.items():
+            head, _, rest = path.partition(parent + "/")
+            found = re.match(r"\{(\w+)\}", rest) if not head and rest else None
+            if found is None:
+                continue
+            for target in operations.values():
+                links[target["operationId"]] = {
+                    "operationId": target["operationId"],
+                    "parameters": {found.group(1): f"$response.body#/{field.group(1)}"},
+                }
+        success = operation["responses"][str(answer.success_status)]
+        success["links"] = links
+
+
 def build(files: descriptor_pb2.FileDescriptorSet) -> Schema:
     """The OpenAPI document of every HTTP rule of package comms.v1's services."""
     descriptors = Descriptors(files)
     builder = Builder(descriptors)
     paths: dict[str, Schema] = {}
     tags: list[Schema] = []
+    created: list[tuple[Schema, httpapi.Method]] = []  # the operations that make a resource
     for service_name, service in descriptors.services():
         comment = descriptors.comments.get(service_name, "")
         tags.append({"name": service.name} | ({"description": comment} if comment else {}))
@@ -520,6 +545,9 @@ def build(files: descriptor_pb2.FileDescriptorSet) -> Schema:
                 if verb in paths.setdefault(path, {}):
                     raise ValueError(f"{verb.upper()} {path} is bound twice")
                 paths[path][verb] = operation
+                if answer.location:
+                    created.append((operation, answer))
+    _link_created(paths, created)
     errors = sorted(builder.errors.values(), key=lambda error: error.status)
     return {
         "openapi": "3.1.0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,19 @@ def test_a_rule_the_document_cannot_state_stops_the_build(rule: str, message: st
         rules.string.email = True
     with pytest.raises(ValueError, match=message):
         openapi.build(files)
+
+
+def test_create_links_to_every_operation_on_the_sequence_it_made() -> None:
+    links = DOC["paths"]["/v1/sequences"]["post"]["responses"]["201"]["links"]
+    on_a_sequence = {
+        op["operationId"]: re.search(r"\{(\w+)\}", path).group(1)  # type: ignore[union-attr]
+        for path, operations in DOC["paths"].items()
+        if path.startswith("/v1/sequences/{")
+        for op in operations.values()
+    }
+    assert len(on_a_sequence) == 10
+    assert links == {
+        name: {"operationId": name, "parameters": {variable: "$response.body#/id"}}
+        for name, variable in on_a_sequence.items()
+    }
+    assert on_a_sequence["GetSequenceRevision"] == "sequence_id"
