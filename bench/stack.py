@@ -249,7 +249,7 @@ def _dev_token(env: dict[str, str]) -> str | None:
     raise RuntimeError(f"comms dev-token failed: {made.stderr.strip()}")
 
 
-def _log_tail(path: Path) -> str:
+def log_tail(path: Path) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
 
 
@@ -261,7 +261,7 @@ def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> N
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"comms serve exited with {process.returncode}:\n" + _log_tail(log)
+                    f"comms serve exited with {process.returncode}:\n" + log_tail(log)
                 )
             try:
                 answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -291,7 +291,7 @@ def wait_until_ok(
     raise TimeoutError(f"{name} did not answer {url} within {seconds:.0f} s")
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -307,7 +307,7 @@ def _spawn_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     try:
         _wait_serving(server, f"127.0.0.1:{env['COMMS_GRPC_PORT']}", log)
     except BaseException:
-        _stop(server)
+        stop(server)
         raise
     return server
 
@@ -319,9 +319,9 @@ def _spawn_envoy(env: dict[str, str], workdir: Path, access_log: bool) -> subpro
         envoy = subprocess.Popen([COMMS, "gateway"], env=env, stdout=requests, stderr=out)
     try:
         ready = f"http://127.0.0.1:{env['COMMS_ADMIN_PORT']}/ready"
-        wait_until_ok(envoy, ready, "Envoy", details=lambda: _log_tail(log))
+        wait_until_ok(envoy, ready, "Envoy", details=lambda: log_tail(log))
     except BaseException:
-        _stop(envoy)
+        stop(envoy)
         raise
     return envoy
 
@@ -360,7 +360,7 @@ def running_stack(
     try:
         envoy = _spawn_envoy(env, workdir, access_log)
     except BaseException:
-        _stop(server)
+        stop(server)
         raise
     stack = Stack(
         store, grpc_port, http_port, admin_port, server, envoy, token, env, workdir, access_log
@@ -368,5 +368,5 @@ def running_stack(
     try:
         yield stack
     finally:
-        _stop(stack.envoy)
-        _stop(stack.server)
+        stop(stack.envoy)
+        stop(stack.server)
