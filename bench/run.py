@@ -210,7 +210,7 @@ def run_cell(
         started = sampler() if sampler else None
         measured = measure(target, run, seconds)
     rows, steps = (None, None)
-    if target.store and before:
+    if target.store and before is not None:
         after = target.store.rows()
         rows, steps = after[0] - before[0], after[1] - before[1]
     return Cell(operation, path, connections, warm, measured, rows, steps), started
@@ -350,11 +350,12 @@ def target_lines(cells: list[Cell], store: str) -> list[str]:
         ours, peer = best(cells, operation, "http"), best(cells, operation, "peer")
         if any(c.path == "peer" and c.operation == operation for c in cells):
             name = f"{operation}: goodput through Envoy ≥ {TARGET_RATIO}x the peer's"
-            if peer:
+            if ours and peer:
                 ratio = rate(ours) / rate(peer)
                 checks.append((name, ratio >= TARGET_RATIO, f"{ratio:.2f}x"))
             else:
-                checks.append((name, ours is not None, "the peer had no cell within the SLO"))
+                late = "the peer" if ours else "comms through Envoy"
+                checks.append((name, ours is not None, f"{late} had no cell within the SLO"))
         if ours:
             m = ours.measured
             server, envoy = m.per_request_ms(m.server_cpu), m.per_request_ms(m.envoy_cpu)

@@ -5,7 +5,8 @@ outside while the cell's measured phase runs.
   (in one process the GIL is what the Python work queues on; threads waiting for it or for a
   lock would otherwise fill the profile with futex waits), native frames included so that
   grpc's C core and SQLite show beside the Python ones. The samples over the most there could
-  be (rate x seconds x processes) is how busy the GIL was.
+  be (rate x seconds x processes) is roughly how busy the GIL was (py-spy may fall behind its
+  rate on a loaded machine, which makes it an underestimate).
 - Envoy by perf (cpu-clock samples of every thread), when perf is installed and may sample.
 
 Each gives its top functions by own samples (the function running when sampled), with the
