@@ -51,18 +51,22 @@ class Profile:
     samples: int
     own: Counter[str]
     total: Counter[str]
+    entries: Counter[str]  # what each sampled thread runs: its first frame past threading.py
 
     @classmethod
     def parse(cls, collapsed: str) -> Profile:
         own: Counter[str] = Counter()
         total: Counter[str] = Counter()
+        entries: Counter[str] = Counter()
         for line in collapsed.splitlines():
             stack, _, n = line.rpartition(" ")
             if stack and n.isdigit():
                 frames = [_short(f) for f in stack.split(";")]
                 own[frames[-1]] += int(n)
                 total.update(dict.fromkeys(frames, int(n)))
-        return cls(sum(own.values()), own, total)
+                python = [f for f in frames if f.endswith(".py)") and "(threading.py)" not in f]
+                entries[python[0] if python else "no Python frame"] += int(n)
+        return cls(sum(own.values()), own, total, entries)
 
     def table(self, title: str, count: int = TOP) -> list[str]:
         lines = [f"{title}: top {count} by own samples", "", "| own | total | function |"]
@@ -72,6 +76,10 @@ class Profile:
             for f, n in self.own.most_common(count)
         ]
         return lines
+
+    def by_entry(self) -> str:
+        """Samples per thread kind (grpc's poll loop, the call workers, ...), most first."""
+        return ", ".join(f"`{e}` {n / self.samples:.0%}" for e, n in self.entries.most_common(6))
 
     def by_binary(self) -> str:
         """Own samples per binary (the part in brackets after a native frame's name)."""
@@ -121,7 +129,13 @@ class Sampler:
         server = Profile.parse(raw.read_text())
         most = SPY_RATE * self.seconds * self.processes
         held = f"the GIL held in {server.samples} of ~{most} samples ({server.samples / most:.0%})"
-        return [*server.table(f"Server (py-spy, {held})"), "", *self._envoy()]
+        return [
+            *server.table(f"Server (py-spy, {held})"),
+            "",
+            f"The server's samples by what the thread runs: {server.by_entry()}.",
+            "",
+            *self._envoy(),
+        ]
 
     def _envoy(self) -> list[str]:
         if self.perf is None:

@@ -142,6 +142,7 @@ def test_bench_profile_names_the_servers_functions(capsys: pytest.CaptureFixture
     server, envoy = _tables(profile)[0], profile.split("\nEnvoy", 1)[1]
     assert 0 < len(server) <= 15, out
     assert any(("comms/" in r["function"] or "grpc/" in r["function"]) for r in server), out
+    assert "\nThe server's samples by what the thread runs: `" in profile, out
     if not HAVE_WRK:
         assert envoy.startswith(": no profile: no Envoy in this cell"), out
     else:
