@@ -1,8 +1,10 @@
-"""`make bench`: valid creates (3 steps each), then gets by id, each for a fixed time, over
-HTTP through Envoy and over native gRPC straight to the server, at several connection counts;
-one table of the cells, and each operation and path's goodput under the SLO (the best rate
-with p99 <= 50 ms and no errors). Optionally the FastAPI peer of issue 14 beside it, and
-profiles of the server and Envoy.
+"""`make bench`: creates, then gets by id, over HTTP (Envoy) and gRPC, per connection count.
+
+Valid creates (3 steps each), then gets by id, each for a fixed time, over HTTP through Envoy
+and over native gRPC straight to the server, at several connection counts: one table of the
+cells, and each operation and path's goodput under the SLO (the best rate with p99 <= 50 ms
+and no errors). Optionally the FastAPI peer of issue 14 beside it, and profiles of the server
+and Envoy.
 
     python -m bench.run [--db sqlite|postgres] [--duration S] [--warmup S]
                         [--connections 1,4,16,64] [--operations create,get] [--paths http,grpc]
