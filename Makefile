@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 GEN := server/comms/v1
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test bench chaos fuzz openapi build generate lint install clean
+.PHONY: run test bench chaos ha fuzz openapi build generate lint install clean
 
 run: $(SERVER) generate
 	COMMS_ENV=$${COMMS_ENV:-development} $(VENV)/bin/comms up
@@ -33,6 +33,13 @@ bench: build
 # stored per fault; exits 1 if anything acknowledged was lost. ARGS="--seconds 30", "--db sqlite"
 chaos: build
 	$(PY) -m bench.chaos $(ARGS)
+
+# Issue 16's failover drill (README "Several hosts", docs/scaling.md): etcd, two Patroni
+# PostgreSQL nodes, three servers on 127.0.0.2-4 and Envoy; kill -9 the primary, then a
+# server. Installs patroni and etcd-server from Debian when missing (as root).
+# ARGS="--seconds 10", "--instances 2", "--clients 8".
+ha: build
+	$(PY) -m bench.ha $(ARGS)
 
 install: $(STAMP)
 
@@ -60,7 +67,7 @@ build: $(STAMP) generate
 # checked copy, see `make openapi`).
 generate: $(GEN)/openapi.json
 
-$(GEN)/openapi.json: $(PROTOS) tools/protogen.py server/comms/openapi.py server/comms/validation.py $(BASE)
+$(GEN)/openapi.json: $(PROTOS) tools/protogen.py server/comms/openapi.py server/comms/httpapi.py server/comms/validation.py $(BASE)
 	$(PY) tools/protogen.py server
 
 # Refresh the committed copy of the document; a test fails while the two differ.

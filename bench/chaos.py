@@ -63,7 +63,12 @@ def log(message: str) -> None:
 
 @contextlib.contextmanager
 def stack_on(
-    kind: str, workdir: Path, postgres_url: str, access_log: bool = False, **settings: str
+    kind: str,
+    workdir: Path,
+    postgres_url: str,
+    access_log: bool = False,
+    instances: int = 1,
+    **settings: str,
 ) -> Iterator[Stack]:
     """A fresh store of this kind and a stack on it. On PostgreSQL the server's connections
     carry an application_name of their own: the fault ends theirs and no one else's."""
@@ -72,7 +77,7 @@ def stack_on(
         if kind == "postgres":
             name = f"comms-chaos-{uuid.uuid4().hex[:8]}"
             store = Store(kind, faults.with_application_name(store.url, name))
-        with running_stack(store, workdir, settings, access_log) as stack:
+        with running_stack(store, workdir, settings, access_log, instances=instances) as stack:
             yield stack
 
 
@@ -141,7 +146,7 @@ def kill_server(kind: str, workdir: Path, args: argparse.Namespace) -> Outcome:
     with stack_on(kind, workdir, args.postgres_url) as stack, steady_load(stack) as load:
 
         def strike() -> None:
-            faults.crash(stack.server)  # every server process
+            faults.crash(stack.server)  # the one server instance
             time.sleep(0.5)  # down for a while: callers get 503 / UNAVAILABLE
             stack.start_server()
 
@@ -153,16 +158,20 @@ def kill_server(kind: str, workdir: Path, args: argparse.Namespace) -> Outcome:
 
 
 def kill_process(kind: str, workdir: Path, args: argparse.Namespace) -> Outcome:
-    """One of two server processes crashes; `comms serve` starts it again."""
-    settings = {"COMMS_SERVER_PROCESSES": "2"}
+    """One of two server instances crashes and is started again half a second later (what
+    its process manager would do); the other serves on."""
     with (
-        stack_on(kind, workdir, args.postgres_url, **settings) as stack,
+        stack_on(kind, workdir, args.postgres_url, instances=2) as stack,
         steady_load(stack) as load,
     ):
-        strikes = strike_repeatedly(
-            load, args.seconds, 2, lambda: faults.crash_one_child(stack.server)
-        )
-        return judge("kill -9 one of 2 server processes", stack, strikes, load.stop(), SERVER_DOWN)
+
+        def strike() -> None:
+            faults.crash(stack.processes[1])
+            time.sleep(0.5)
+            stack.start_server(1)
+
+        strikes = strike_repeatedly(load, args.seconds, 2, strike)
+        return judge("kill -9 one of 2 server instances", stack, strikes, load.stop(), SERVER_DOWN)
 
 
 def kill_envoy(kind: str, workdir: Path, args: argparse.Namespace) -> Outcome:
@@ -303,7 +312,7 @@ def measure_window(stack: Stack, label: str, clients: int, seconds: float) -> Wi
     after = _cpu(stack)
     answers = load.stop()
     time.sleep(0.5)  # Envoy writes its access log in the background
-    server, envoy = usage(stack.server.pid), usage(stack.envoy.pid)
+    server, envoy = usage(*stack.server_pids()), usage(stack.envoy.pid)
     return Window(
         label,
         clients,
@@ -323,7 +332,6 @@ def overload(kind: str, workdir: Path, args: argparse.Namespace) -> tuple[list[O
     on the calls in flight: all of it queues."""
     capacity = OVERLOAD_CAPACITY
     workers = {
-        "COMMS_SERVER_PROCESSES": "1",
         "COMMS_GRPC_WORKERS": str(OVERLOAD_WORKERS),
         "COMMS_MAX_IN_FLIGHT": str(capacity),
     }
@@ -385,7 +393,7 @@ def _cpu(stack: Stack) -> tuple[float, float, float]:
     """CPU seconds so far of the server, of Envoy, and of this process (the clients)."""
     mine = resource.getrusage(resource.RUSAGE_SELF)
     return (
-        usage(stack.server.pid).cpu_seconds,
+        usage(*stack.server_pids()).cpu_seconds,
         usage(stack.envoy.pid).cpu_seconds,
         mine.ru_utime + mine.ru_stime,
     )

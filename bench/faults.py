@@ -8,7 +8,7 @@ runs and by tests/integration/test_faults.py for short ones.
   may be stored twice (what a blind retry would do). A create stored whose answer was an
   error or never came is "in doubt": allowed after a crash (the caller cannot know, and
   retries with an Idempotency-Key), never after a graceful stop.
-- The faults: kill -9 of the server's processes, PostgreSQL backends terminated, writes
+- The faults: kill -9 of a server instance, PostgreSQL backends terminated, writes
   held behind a lock, a full disk (a small tmpfs)."""
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Answer:
     body: Any  # the JSON body (HTTP), the status message (gRPC), or the error
     sequence_id: str  # of an acknowledged create, else ""
     seconds: float  # from sending to the answer
+    replayed: bool = False  # an Idempotency-Key's earlier create, answered again
 
     @property
     def acknowledged(self) -> bool:
@@ -89,25 +90,29 @@ class HttpCaller(Caller):
         self._timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
 
-    def create(self, name: str, **fields: Any) -> Answer:
+    def create(self, name: str, idempotency_key: str = "", **fields: Any) -> Answer:
         data = json.dumps(BODY | fields | {"name": name})
+        headers = self._headers | ({"Idempotency-Key": idempotency_key} if idempotency_key else {})
         started = time.perf_counter()
+        replayed = False
         try:
             if self._connection is None:
                 self._connection = http.client.HTTPConnection(
                     self._url.hostname or "", self._url.port, timeout=self._timeout
                 )
-            self._connection.request("POST", self._url.path, data, self._headers)
+            self._connection.request("POST", self._url.path, data, headers)
             response = self._connection.getresponse()
             raw = response.read()
             status, body = str(response.status), _decoded(response, raw)
+            replayed = response.getheader("idempotent-replayed") == "true"
             if response.will_close:
                 self.close()
         except (OSError, http.client.HTTPException) as error:
             status, body = NO_ANSWER, f"{type(error).__name__}: {error}"
             self.close()
         sequence_id = body.get("id", "") if status == "201" and isinstance(body, dict) else ""
-        return Answer(name, "http", status, body, sequence_id, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return Answer(name, "http", status, body, sequence_id, seconds, replayed)
 
     def close(self) -> None:
         if self._connection is not None:
@@ -310,8 +315,8 @@ def check(store: Store, answers: list[Answer]) -> Report:
 
 
 def crash(process: subprocess.Popen[bytes]) -> None:
-    """kill -9 of a process and every process under it (`comms serve` runs one per core),
-    the children first: a parent's death alone would only SIGTERM them, a graceful stop."""
+    """kill -9 of a process and every process under it (a Patroni node and its PostgreSQL),
+    the children first: a parent's death alone might only SIGTERM them, a graceful stop."""
     tree = process_tree(process.pid)
     for pid in reversed(tree):
         with contextlib.suppress(ProcessLookupError):
@@ -319,15 +324,6 @@ def crash(process: subprocess.Popen[bytes]) -> None:
     process.wait()
     while any(_alive(pid) for pid in tree[1:]):
         time.sleep(0.01)  # until the kernel has let go of their ports
-
-
-def crash_one_child(process: subprocess.Popen[bytes]) -> int:
-    """kill -9 of one of the server's processes (the first child); its pid."""
-    children = process_tree(process.pid)[1:]
-    if not children:
-        raise RuntimeError("the server runs in one process: set COMMS_SERVER_PROCESSES")
-    os.kill(children[0], signal.SIGKILL)
-    return children[0]
 
 
 def _alive(pid: int) -> bool:
@@ -339,7 +335,7 @@ def _alive(pid: int) -> bool:
 
 def with_application_name(url: str, name: str) -> str:
     """A PostgreSQL URL whose connections carry this application_name (psycopg2 and
-    playhouse.db_url pass query parameters on to libpq): how a fault finds the server's
+    the server pass the URL's query parameters on to libpq): how a fault finds the server's
     connections, and only them, on a PostgreSQL that others use too."""
     return f"{url}{'&' if '?' in url else '?'}application_name={name}"
 

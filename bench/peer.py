@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.stack import free_port, log_tail, stop
+from bench.stack import free_port
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ def _wait_answering(process: subprocess.Popen[bytes], url: str, log: Path) -> No
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the peer exited with {process.returncode}:\n{log_tail(log)}")
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the peer exited with {process.returncode}:\n{tail}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -55,4 +56,9 @@ def running_peer(app_file: Path, workdir: Path) -> Iterator[Peer]:
         _wait_answering(process, f"{url}/none", log)
         yield Peer(process, url)
     finally:
-        stop(process)
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

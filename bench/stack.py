@@ -1,5 +1,6 @@
-"""The stack under test as separate processes: `comms serve` and Envoy (`comms gateway`), on
-free ports and a fresh database; and what /proc says about each of them."""
+"""The stack under test as separate processes: `comms serve` instances and Envoy (`comms
+gateway`) in front of them, on free ports and a fresh database; and what /proc says about
+each of them."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -43,22 +45,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive free ports (`comms serve` with several processes
-    listens on its port and process i also on port+1+i). They are taken below the kernel's
-    range of ephemeral ports, where no client connection can take one before the server
-    binds it: in that range one did, and a server process failed to start again and again."""
+def server_port(host: str = "127.0.0.1") -> int:
+    """A free port on host for a server. It is taken below the kernel's range of ephemeral
+    ports, where no client connection can take it before the server binds it: in that range
+    one did, and a server failed to start again and again."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
-        first = random.randrange(10000, max(10001, low - count))
-        with contextlib.ExitStack() as held:
+        port = random.randrange(10000, max(10001, low - 1))
+        with socket.socket() as sock:
             try:
-                for port in range(first, first + count):
-                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+                sock.bind((host, port))
             except OSError:
                 continue
-            return first
-    raise RuntimeError(f"no {count} consecutive free ports below {low}")
+            return port
+    raise RuntimeError(f"no free port on {host} below {low}")
 
 
 # --- /proc ---------------------------------------------------------------------------------
@@ -104,9 +104,10 @@ class Usage:
     processes: int
 
 
-def usage(pid: int) -> Usage:
+def usage(*pids: int) -> Usage:
+    """The process trees of these pids together (several server instances are summed)."""
     cpu = peak = rss = count = 0
-    for member in process_tree(pid):
+    for member in (each for pid in pids for each in process_tree(pid)):
         with contextlib.suppress(OSError):  # it may just have exited
             fields = _stat_fields(member)
             cpu += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
@@ -209,27 +210,35 @@ def fresh_store(kind: str, workdir: Path, postgres_url: str) -> Iterator[Store]:
 @dataclass
 class Stack:
     store: Store
-    grpc_port: int
+    servers: list[tuple[str, int]]  # the instances' addresses, as the gateway lists them
     http_port: int
     admin_port: int
-    server: subprocess.Popen[bytes]
+    processes: list[subprocess.Popen[bytes]]  # one `comms serve` per address in servers
     envoy: subprocess.Popen[bytes]
     token: str | None  # a bearer token the server accepts, if it asks for one
-    env: dict[str, str]  # what both processes run with
-    workdir: Path  # where server.log and envoy.log are written
+    env: dict[str, str]  # what every process runs with (each server also its own address)
+    workdir: Path  # where server-<i>.log and envoy.log are written
     access_log: bool = False  # Envoy's access log kept too, in access.log
 
     @property
+    def server(self) -> subprocess.Popen[bytes]:
+        """The first instance (most stacks have one)."""
+        return self.processes[0]
+
+    @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.servers[0][0]}:{self.servers[0][1]}"
 
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/v1/sequences"
 
-    def start_server(self) -> None:
-        """Start `comms serve` again, on the same port and store (after a crash or a stop)."""
-        self.server = _spawn_server(self.env, self.workdir / "server.log")
+    def server_pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def start_server(self, index: int = 0) -> None:
+        """Start instance `index` again, on its address and store (after a crash or a stop)."""
+        self.processes[index] = _spawn_server(self.env, self.servers[index], self.workdir, index)
 
     def start_envoy(self) -> None:
         """Start Envoy again, on the same ports."""
@@ -249,7 +258,7 @@ def _dev_token(env: dict[str, str]) -> str | None:
     raise RuntimeError(f"comms dev-token failed: {made.stderr.strip()}")
 
 
-def log_tail(path: Path) -> str:
+def _log_tail(path: Path) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
 
 
@@ -261,7 +270,7 @@ def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> N
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"comms serve exited with {process.returncode}:\n" + log_tail(log)
+                    f"comms serve exited with {process.returncode}:\n" + _log_tail(log)
                 )
             try:
                 answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -291,7 +300,7 @@ def wait_until_ok(
     raise TimeoutError(f"{name} did not answer {url} within {seconds:.0f} s")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -301,13 +310,19 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
             process.wait()
 
 
-def _spawn_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn_server(
+    env: dict[str, str], address: tuple[str, int], workdir: Path, index: int
+) -> subprocess.Popen[bytes]:
+    """`comms serve` on address, logging to server-<index>.log."""
+    host, port = address
+    log = workdir / f"server-{index}.log"
+    own = env | {"COMMS_BIND_HOST": host, "COMMS_GRPC_PORT": str(port)}
     with open(log, "ab") as out:
-        server = subprocess.Popen([COMMS, "serve"], env=env, stdout=out, stderr=out)
+        server = subprocess.Popen([COMMS, "serve"], env=own, stdout=out, stderr=out)
     try:
-        _wait_serving(server, f"127.0.0.1:{env['COMMS_GRPC_PORT']}", log)
+        _wait_serving(server, f"{host}:{port}", log)
     except BaseException:
-        stop(server)
+        _stop(server)
         raise
     return server
 
@@ -319,9 +334,9 @@ def _spawn_envoy(env: dict[str, str], workdir: Path, access_log: bool) -> subpro
         envoy = subprocess.Popen([COMMS, "gateway"], env=env, stdout=requests, stderr=out)
     try:
         ready = f"http://127.0.0.1:{env['COMMS_ADMIN_PORT']}/ready"
-        wait_until_ok(envoy, ready, "Envoy", details=lambda: log_tail(log))
+        wait_until_ok(envoy, ready, "Envoy", details=lambda: _log_tail(log))
     except BaseException:
-        stop(envoy)
+        _stop(envoy)
         raise
     return envoy
 
@@ -332,23 +347,25 @@ def running_stack(
     workdir: Path,
     settings: Mapping[str, str] | None = None,
     access_log: bool = False,
+    hosts: Sequence[str] = ("127.0.0.1",),
+    instances: int = 1,
 ) -> Iterator[Stack]:
-    """`comms serve` and `comms gateway` (which becomes Envoy: same pid) as child processes.
-    COMMS_* settings in the environment (COMMS_GRPC_WORKERS, ...) reach them, then those in
-    settings, except the ports, the data directory and the database, which are the
-    benchmark's own. Whatever processes the stack has at the end are stopped."""
-    chosen = os.environ | dict(settings or {})
-    processes = int(chosen.get("COMMS_SERVER_PROCESSES") or 0) or os.cpu_count() or 1
-    grpc_port, http_port, admin_port = free_port_block(1 + processes), free_port(), free_port()
+    """`comms serve` instances and `comms gateway` (which becomes Envoy: same pid) as child
+    processes. Instance i listens on hosts[i % len(hosts)], on a port of its own, and Envoy
+    (on 127.0.0.1) balances over them all. COMMS_* settings in the environment
+    (COMMS_GRPC_WORKERS, ...) reach them, then those in settings, except the addresses, the
+    data directory and the database, which are the stack's own. Whatever processes the
+    stack has at the end are stopped."""
+    servers = [(host, server_port(host)) for host in islice(cycle(hosts), instances)]
+    http_port, admin_port = free_port(), free_port()
     env = (
         os.environ
         | dict(settings or {})
         | {
-            "COMMS_GRPC_PORT": str(grpc_port),
             "COMMS_HTTP_PORT": str(http_port),
             "COMMS_ADMIN_PORT": str(admin_port),
             "COMMS_BIND_HOST": "127.0.0.1",
-            "COMMS_UPSTREAM_HOST": "127.0.0.1",
+            "COMMS_UPSTREAMS": ",".join(f"{host}:{port}" for host, port in servers),
             "COMMS_DATA_DIR": str(workdir),
             "COMMS_DATABASE_URL": store.url,
         }
@@ -356,17 +373,21 @@ def running_stack(
     if "COMMS_AUTH_JWKS_PATH" not in env:
         env["COMMS_ENV"] = "development"
     token = _dev_token(env)
-    server = _spawn_server(env, workdir / "server.log")
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        for index, address in enumerate(servers):
+            processes.append(_spawn_server(env, address, workdir, index))
         envoy = _spawn_envoy(env, workdir, access_log)
     except BaseException:
-        stop(server)
+        for process in processes:
+            _stop(process)
         raise
     stack = Stack(
-        store, grpc_port, http_port, admin_port, server, envoy, token, env, workdir, access_log
+        store, servers, http_port, admin_port, processes, envoy, token, env, workdir, access_log
     )
     try:
         yield stack
     finally:
-        stop(stack.envoy)
-        stop(stack.server)
+        _stop(stack.envoy)
+        for process in stack.processes:
+            _stop(process)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import logging
 import os
 import resource
@@ -16,9 +17,19 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from comms import auth, config, convert, datadir, db, devkeys, gateway, migrations, store
+from comms import (
+    auth,
+    config,
+    convert,
+    datadir,
+    db,
+    devkeys,
+    gateway,
+    idempotency,
+    migrations,
+    store,
+)
 from comms.server import Server, create_server
-from comms.service import IDEMPOTENCY_RETENTION
 
 log = logging.getLogger("comms")
 
@@ -40,10 +51,6 @@ def _start_server(settings: config.Settings) -> Server:
         target=_forget_old_idempotency_keys, args=(database,), daemon=True, name="purge"
     ).start()
     address = config.address(settings.bind_host, settings.grpc_port)
-    worker = settings.worker_index >= 0
-    own: tuple[str, ...] = ()
-    if worker:  # this process's own port, where the gateway sends its share of calls
-        own = (f"127.0.0.1:{settings.upstream_ports[settings.worker_index]}",)
     try:
         server = create_server(
             address,
@@ -51,19 +58,15 @@ def _start_server(settings: config.Settings) -> Server:
             verifier,
             settings.grpc_workers,
             settings.max_in_flight,
-            also_listen=own,
-            share_port=worker,
             max_connections=settings.max_connections,
         )
     except RuntimeError as error:
-        raise SystemExit(f"comms: cannot listen on {address} {' '.join(own)}: {error}") from None
+        raise SystemExit(f"comms: cannot listen on {address}: {error}") from None
     log.info(
-        "gRPC server%s listening on %s%s%s (store: %s)",
-        f" process {settings.worker_index}" if worker else "",
+        "gRPC server listening on %s%s (store: %s)",
         config.address(settings.bind_host, server.port),
         # grpc binds a wildcard address as one dual-stack socket, [::]
         " (every interface, IPv4 and IPv6)" if settings.bind_host in ("0.0.0.0", "::") else "",
-        "".join(f" and {address} for the gateway" for address in own),
         db.describe(settings.resolved_database_url),
     )
     return server
@@ -84,62 +87,16 @@ def _allow_descriptors(connections: int) -> None:
         )
 
 
-class _Workers:
-    """Several server processes sharing the gRPC port, each restarted if it dies."""
-
-    def __init__(self, settings: config.Settings) -> None:
-        self._settings = settings
-        # Migrations and the development key pair once, before any process races for them.
-        db.prepare(settings.resolved_database_url).close()
-        auth.verifier_for(settings)
-        self._stopping = False
-        self._processes = [self._spawn(i) for i in range(settings.server_processes)]
-        threading.Thread(target=self._watch, daemon=True, name="workers").start()
-
-    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        env = os.environ | {"COMMS_WORKER_INDEX": str(index)}
-        return subprocess.Popen(
-            [sys.executable, "-m", "comms.cli", "serve"], env=env, preexec_fn=_die_with_parent()
-        )
-
-    def _watch(self) -> None:
-        while not self._stopping:
-            for index, process in enumerate(self._processes):
-                if process.poll() is not None and not self._stopping:
-                    log.error(
-                        "server process %d exited (%s); restarting it", index, process.returncode
-                    )
-                    self._processes[index] = self._spawn(index)
-            time.sleep(0.5)
-
-    def stop(self, _: float) -> None:
-        """SIGTERM each process, which drains its own in-flight calls, and wait for all."""
-        self._stopping = True
-        for process in self._processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self._processes:
-            process.wait()
-
-
-def _start_servers(settings: config.Settings) -> Server | _Workers:
-    """The gRPC server in this process, or as several processes (COMMS_SERVER_PROCESSES)."""
-    if settings.server_processes == 1 or settings.worker_index >= 0:
-        return _start_server(settings)
-    log.info("starting %d server processes", settings.server_processes)
-    return _Workers(settings)
-
-
 def _forget_old_idempotency_keys(database: pw.Database) -> None:
     """Hourly, in the background: keys outlive their retention by at most an hour."""
     while True:
         try:
             with database.connection_context():
                 purged = store.purge_idempotency(
-                    database, convert.utc_now() - IDEMPOTENCY_RETENTION
+                    database, convert.utc_now() - idempotency.RETENTION
                 )
             if purged:
-                log.info("forgot %d idempotency keys older than %s", purged, IDEMPOTENCY_RETENTION)
+                log.info("forgot %d idempotency keys older than %s", purged, idempotency.RETENTION)
         except pw.DatabaseError as error:
             log.warning("could not forget old idempotency keys: %s", error)
         time.sleep(3600)
@@ -154,10 +111,10 @@ def _stop_event() -> threading.Event:
 
 def cmd_serve(settings: config.Settings, _: argparse.Namespace) -> int:
     stop = _stop_event()
-    servers = _start_servers(settings)
+    server = _start_server(settings)
     stop.wait()
     log.info("draining in-flight calls (up to %.0fs)", settings.drain_seconds)
-    servers.stop(settings.drain_seconds)
+    server.stop(settings.drain_seconds)
     return 0
 
 
@@ -171,7 +128,7 @@ def cmd_gateway(settings: config.Settings, _: argparse.Namespace) -> int:
     log.info(
         "starting Envoy: HTTP gateway on %s, forwarding to %s",
         config.address(settings.bind_host, settings.http_port),
-        config.address(settings.upstream_host, settings.grpc_port),
+        ", ".join(config.address(*each) for each in settings.gateway_upstreams),
     )
     os.execv(command[0], command)  # Envoy takes over this process and its signals
 
@@ -191,7 +148,10 @@ def _die_with_parent() -> Callable[[], None]:
 def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     """The server and Envoy together in the foreground; Ctrl-C or SIGTERM stops both."""
     stop = _stop_event()
-    servers = _start_servers(settings)
+    server = _start_server(settings)
+    # Envoy in front of that server alone, wherever it bound.
+    upstream = (_reachable(settings.bind_host), server.port)
+    settings = dataclasses.replace(settings, upstreams=(upstream,))
     # Its own session: a Ctrl-C reaches us alone and we stop Envoy in order; and should
     # we die without cleaning up, the kernel ends Envoy too.
     envoy = subprocess.Popen(
@@ -233,7 +193,7 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
         # Envoy first, so no new request reaches a draining server.
         envoy.terminate()
         envoy.wait()
-    servers.stop(settings.drain_seconds)
+    server.stop(settings.drain_seconds)
     log.info("stopped")
     return 1 if died is not None else 0
 
@@ -317,9 +277,6 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load(os.environ, flags)
     except config.ConfigError as error:
         parser.exit(2, f"comms: {error}\n")
-    # Server processes this one starts read their settings from the environment: the flags
-    # must reach them too.
-    os.environ.update({config.SETTINGS[name].env: value for name, value in flags.items()})
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

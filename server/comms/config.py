@@ -72,6 +72,20 @@ def _ip_address(raw: str) -> str:
 
 
 _port = _integer(0, 65535, "a port number from 0 to 65535")
+
+
+def _endpoint(raw: str) -> tuple[str, int]:
+    """One host:port of a list: a DNS name, an IPv4 address or a bracketed IPv6 one, and a
+    port from 1 to 65535 (a server to reach has a port of its own, never 0)."""
+    host, colon, port = raw.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (colon and host and port.isdigit() and 1 <= int(port) <= 65535) or any(
+        c in host for c in " /@[]"
+    ):
+        raise ValueError(f"must be host:port items separated by commas, got {raw.strip()!r}")
+    return host, int(port)
+
+
 _SERVERS = ("up", "serve")
 _GATEWAYS = ("up", "gateway")
 _STORES = ("up", "serve", "migrate")
@@ -118,11 +132,17 @@ class Settings:
         commands=("up", "serve", "gateway"),
         metavar="ADDRESS",
     )
-    upstream_host: str = _setting(
-        "127.0.0.1",
-        "COMMS_UPSTREAM_HOST",
-        str,
-        "where Envoy finds the gRPC server (a name or an address)",
+    # The gateway's upstream cluster: the server instances, each one `comms serve` on an
+    # address of its own, anywhere Envoy can reach. Unset: the one server on this machine.
+    upstreams: tuple[tuple[str, int], ...] = _setting(
+        (),
+        "COMMS_UPSTREAMS",
+        lambda raw: tuple(_endpoint(each) for each in raw.split(",")),
+        "the gRPC servers Envoy balances over, host:port[,host:port...] (names or IP addresses)",
+        default_text="127.0.0.1:<grpc port>",
+        flag="--upstreams",
+        commands=("gateway",),
+        metavar="LIST",
     )
     data_dir: Path = _setting(  # noqa: RUF009 (a field(), made once)
         Path("data"),
@@ -150,19 +170,6 @@ class Settings:
         _integer(1),
         "threads serving calls in each process, and database connections in its pool",
     )
-    # Server processes. With more than one, process i also listens on
-    # 127.0.0.1:(grpc_port + 1 + i), which is where the gateway sends its calls.
-    server_processes: int = _setting(
-        1,
-        "COMMS_SERVER_PROCESSES",
-        _integer(1, 64),
-        "gRPC server processes",
-        default_text="one per core on PostgreSQL, one on SQLite",
-        flag="--server-processes",
-        commands=_SERVERS,
-        metavar="N",
-    )
-    worker_index: int = -1  # set by the parent for each of several processes
     max_in_flight: int = _setting(
         0,
         "COMMS_MAX_IN_FLIGHT",
@@ -223,11 +230,9 @@ class Settings:
     gateway_idle_timeout: float = 300.0
 
     @property
-    def upstream_ports(self) -> list[int]:
-        """The ports the gateway balances over: each process's own, or the one port."""
-        if self.server_processes == 1:
-            return [self.grpc_port]
-        return [self.grpc_port + 1 + i for i in range(self.server_processes)]
+    def gateway_upstreams(self) -> tuple[tuple[str, int], ...]:
+        """Where Envoy sends calls: the listed servers, else the local one on grpc_port."""
+        return self.upstreams or ((LOOPBACK, self.grpc_port),)
 
     @property
     def resolved_database_url(self) -> str:
@@ -270,11 +275,4 @@ def load(env: Mapping[str, str] = os.environ, flags: Mapping[str, str] | None = 
     # The defaults that depend on other settings (shown in each one's default_text).
     if "bind_host" not in values and values.get("environment") == "development":
         values["bind_host"] = LOOPBACK
-    if "server_processes" not in values:
-        # On SQLite one, since it has one writer: a second process added throughput but its
-        # lock hand-offs took p99 from 25 to 126 ms (bench). On PostgreSQL one per core.
-        on_sqlite = values.get("database_url", "sqlite").startswith("sqlite")
-        values["server_processes"] = 1 if on_sqlite else os.cpu_count() or 1
-    if "COMMS_WORKER_INDEX" in env:
-        values["worker_index"] = int(env["COMMS_WORKER_INDEX"])
     return Settings(**values)

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 import peewee as pw
 from playhouse import db_url
+from playhouse.pool import PooledPostgresqlDatabase
 
 from comms import migrations
 
@@ -14,7 +15,6 @@ from comms import migrations
 # SQLite's own checkpoint after a commit is kept: checkpointing from a thread beside the
 # writer instead made tails worse, not better (p99 110-830 ms against 26-31 ms).
 _SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1}
-_POOLED = {"sqlite": "sqlite+pool", "postgres": "postgres+pool", "postgresql": "postgresql+pool"}
 
 
 def open_database(
@@ -22,22 +22,29 @@ def open_database(
 ) -> pw.Database:
     """A pooled Peewee database for a sqlite:/// or postgresql:// URL.
 
-    Every call opens a connection from the pool and gives it back, so idle threads hold none."""
+    Every call opens a connection from the pool and gives it back, so idle threads hold none.
+    A connection the store broke (a restart, a failover) fails the one call using it, which
+    the service answers UNAVAILABLE, and is dropped from the pool, not handed out again."""
     scheme = urlsplit(url).scheme
-    if scheme not in _POOLED:
+    options: dict[str, object] = {"max_connections": max_connections, "stale_timeout": 300}
+    if scheme in ("postgres", "postgresql"):
+        # The whole URL goes to libpq as it is (as the dbname, which libpq expands), so that
+        # its multi-host form works: postgresql://h1:5432,h2:5432/db?target_session_attrs=
+        # read-write connects to whichever host is the primary now. playhouse.db_url would
+        # split it into one host and one port.
+        postgres: pw.Database = PooledPostgresqlDatabase(url, **options)
+        return postgres
+    if scheme != "sqlite":
         raise ValueError(
             f"unsupported database URL scheme {scheme!r}: use sqlite:///path or postgresql://..."
         )
-    pooled_url = _POOLED[scheme] + url[len(scheme) :]
-    options: dict[str, object] = {"max_connections": max_connections, "stale_timeout": 300}
-    if scheme == "sqlite":
-        # A pooled connection may serve another thread later, one thread at a time.
-        options |= {
-            "pragmas": _SQLITE_PRAGMAS | {"busy_timeout": sqlite_busy_timeout_ms},
-            "lock_type": "IMMEDIATE",
-            "check_same_thread": False,
-        }
-    database: pw.Database = db_url.connect(pooled_url, **options)
+    # A pooled connection may serve another thread later, one thread at a time.
+    options |= {
+        "pragmas": _SQLITE_PRAGMAS | {"busy_timeout": sqlite_busy_timeout_ms},
+        "lock_type": "IMMEDIATE",
+        "check_same_thread": False,
+    }
+    database: pw.Database = db_url.connect("sqlite+pool" + url[len(scheme) :], **options)
     return database
 
 

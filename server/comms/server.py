@@ -49,8 +49,6 @@ def create_server(
     verifier: TokenVerifier,
     workers: int = 16,
     max_in_flight: int | None = None,
-    also_listen: tuple[str, ...] = (),
-    share_port: bool = False,
     max_connections: int = Settings.max_connections,
 ) -> Server:
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
@@ -60,16 +58,15 @@ def create_server(
     that a call is refused at once with RESOURCE_EXHAUSTED, so overload cannot grow the
     queue, the memory and everyone's latency without bound.
 
-    share_port lets several processes listen on address together (SO_REUSEPORT: the kernel
-    spreads connections over them); otherwise a taken port is an error, not a silent share.
-    also_listen are more addresses, such as a process's own port for the gateway.
+    A port another process holds is an error, not a silent share (no SO_REUSEPORT): each
+    server instance is one process on one address, and the gateway lists them all.
 
     Past max_connections open connections a new one is closed at once."""
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         interceptors=[AuthInterceptor(verifier), RefuseUnparsable()],
         options=[
-            ("grpc.so_reuseport", int(share_port)),
+            ("grpc.so_reuseport", 0),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.max_allowed_incoming_connections", max_connections),
@@ -83,8 +80,6 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
     port = grpc_server.add_insecure_port(address)
-    for extra in also_listen:
-        grpc_server.add_insecure_port(extra)
     grpc_server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -23,7 +23,7 @@ import pytest
 
 from bench import faults
 from bench.faults import Answer, CreateLoad, GrpcCaller, HttpCaller
-from bench.stack import Stack, Store, process_tree, running_stack
+from bench.stack import Stack, Store, running_stack
 from tests.conftest import STORES, fresh_database_url
 from tests.integration.conftest import Envoy, free_port, gateway_settings
 
@@ -72,8 +72,10 @@ def start_stack(store: Store, tmp_path: Path) -> Iterator[StartStack]:
     stopped when the test ends, whatever it killed and restarted meanwhile."""
     with contextlib.ExitStack() as stacks:
 
-        def start(**settings: str) -> Stack:
-            return stacks.enter_context(running_stack(store, tmp_path, settings))
+        def start(instances: int = 1, **settings: str) -> Stack:
+            return stacks.enter_context(
+                running_stack(store, tmp_path, settings, instances=instances)
+            )
 
         yield start
 
@@ -106,7 +108,7 @@ def _names(stack: Stack) -> set[str]:
 
 
 def test_kill_9_of_the_server_loses_no_acknowledged_create(start_stack: StartStack) -> None:
-    """Under load, kill -9 the server (all its processes): HTTP callers get a JSON 503 and
+    """Under load, kill -9 the server (the only instance): HTTP callers get a JSON 503 and
     gRPC callers UNAVAILABLE while it is down; restarted on the same ports, traffic resumes
     through the same Envoy, which retried nothing; every create answered 201/OK is stored,
     whole."""
@@ -133,17 +135,17 @@ def test_kill_9_of_the_server_loses_no_acknowledged_create(start_stack: StartSta
     assert faults.envoy_stat(stack.admin_port, RETRIES) == 0
 
 
-def test_kill_9_of_one_server_process_loses_no_acknowledged_create(
+def test_kill_9_of_one_server_instance_loses_no_acknowledged_create(
     start_stack: StartStack,
 ) -> None:
-    """Under load, kill -9 one of the server's processes: its callers in flight get 503 /
-    UNAVAILABLE, the others carry on, and `comms serve` starts it again."""
-    stack = start_stack(COMMS_SERVER_PROCESSES="2")
+    """Under load, kill -9 one of two server instances: its callers in flight get 503 /
+    UNAVAILABLE, the other carries on alone, and takes its share again once it is back."""
+    stack = start_stack(instances=2)
     with _load(stack) as load:
         load.wait_for_more("201", 20)
-        killed = faults.crash_one_child(stack.server)
-        _wait_until(lambda: len(process_tree(stack.server.pid)) == 3 and killed not in
-                    process_tree(stack.server.pid))  # fmt: skip
+        faults.crash(stack.processes[1])
+        load.wait_for_more("201", 20)
+        stack.start_server(1)
         load.wait_for_more("201", 20)
         load.wait_for_more("OK", 10)
     answers = load.stop()
@@ -299,7 +301,7 @@ def test_a_full_disk_is_a_503_and_corrupts_nothing(small_disk: Path, tmp_path: P
         ("503", STORE_UNAVAILABLE),
         ("UNAVAILABLE", STORE_UNAVAILABLE["message"]),
     ]
-    assert "database or disk is full" in (tmp_path / "server.log").read_text()
+    assert "database or disk is full" in (tmp_path / "server-0.log").read_text()
     assert [a.status for a in after] == ["201", "OK"]
     assert faults.integrity_check(small_disk / "comms.db") == "ok"
     report = faults.check(store, filling + full + after)
@@ -319,7 +321,7 @@ def test_a_deadline_that_passes_while_the_store_is_locked_commits_nothing(
     DEADLINE_EXCEEDED; when the lock goes, the server finds the deadline passed and rolls
     back. One process with one worker thread, so the next create runs only once the late one
     has ended."""
-    stack = start_stack(COMMS_SERVER_PROCESSES="1", COMMS_GRPC_WORKERS="1")
+    stack = start_stack(COMMS_GRPC_WORKERS="1")
     target = stack.grpc_target if route == "direct" else f"127.0.0.1:{stack.http_port}"
     with GrpcCaller(target, stack.token) as caller:
         with faults.writes_held(stack.store):
@@ -410,7 +412,7 @@ def test_overload_is_shed_at_once_and_admitted_creates_are_stored(
     concurrent creates fill the four places and the rest are refused at once (503 /
     RESOURCE_EXHAUSTED), not queued; let go, the admitted ones are stored. (Envoy's health
     checks may take a place too, so at least eight are shed.)"""
-    stack = start_stack(COMMS_SERVER_PROCESSES="1", COMMS_GRPC_WORKERS="2", COMMS_MAX_IN_FLIGHT="4")
+    stack = start_stack(COMMS_GRPC_WORKERS="2", COMMS_MAX_IN_FLIGHT="4")
     with contextlib.ExitStack() as closing, futures.ThreadPoolExecutor(12) as pool:
         callers = [
             closing.enter_context(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,24 +11,47 @@ from comms import cli, gateway
 from comms.config import SETTINGS, ConfigError, Settings, load
 
 
-def test_sqlite_gets_one_process_and_postgresql_one_per_core() -> None:
-    assert load({}).server_processes == 1
-    assert load({"COMMS_DATABASE_URL": "sqlite:///x.db"}).server_processes == 1
-    postgres = load({"COMMS_DATABASE_URL": "postgresql://root@127.0.0.1/test"})
-    assert postgres.server_processes == (os.cpu_count() or 1)
-    assert load({"COMMS_SERVER_PROCESSES": "3"}).server_processes == 3
+def test_the_gateway_forwards_to_the_listed_upstreams_else_the_local_server() -> None:
+    listed = load({"COMMS_UPSTREAMS": "10.0.0.2:50051, comms-2.internal:6000,[::1]:7000"})
+    assert listed.gateway_upstreams == (
+        ("10.0.0.2", 50051),
+        ("comms-2.internal", 6000),
+        ("::1", 7000),
+    )
+    assert load({"COMMS_GRPC_PORT": "6000"}).gateway_upstreams == (("127.0.0.1", 6000),)
 
 
-def test_several_processes_give_the_gateway_one_port_each() -> None:
-    settings = load({"COMMS_SERVER_PROCESSES": "3", "COMMS_GRPC_PORT": "6000"})
-    assert settings.upstream_ports == [6001, 6002, 6003]
-    assert load({"COMMS_GRPC_PORT": "6000"}).upstream_ports == [6000]
+def test_each_upstream_is_an_endpoint_of_the_cluster() -> None:
+    settings = load({"COMMS_UPSTREAMS": "127.0.0.2:6001,comms.internal:6002"})
+    (cluster,) = yaml.safe_load(gateway.render(settings))["static_resources"]["clusters"]
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"] for e in locality["lb_endpoints"]] == [
+        {"address": "127.0.0.2", "port_value": 6001},
+        {"address": "comms.internal", "port_value": 6002},
+    ]
+    assert cluster["type"] == "STRICT_DNS"  # a name among them
+    assert cluster["health_checks"][0]["grpc_health_check"] == {
+        "service_name": "comms.v1.SequenceService"
+    }
+    assert cluster["outlier_detection"]["consecutive_gateway_failure"] == 3
+    addresses = load({"COMMS_UPSTREAMS": "127.0.0.2:6001,[::1]:6002"})
+    (cluster,) = yaml.safe_load(gateway.render(addresses))["static_resources"]["clusters"]
+    assert cluster["type"] == "STATIC"
 
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("COMMS_SERVER_PROCESSES", "65", "COMMS_SERVER_PROCESSES must be from 1 to 64, got 65"),
+        (
+            "COMMS_UPSTREAMS",
+            "127.0.0.2:6001,127.0.0.3",
+            "COMMS_UPSTREAMS must be host:port items separated by commas, got '127.0.0.3'",
+        ),
+        (
+            "COMMS_UPSTREAMS",
+            "127.0.0.2:0",
+            "COMMS_UPSTREAMS must be host:port items separated by commas, got '127.0.0.2:0'",
+        ),
         ("COMMS_GRPC_PORT", "http", "COMMS_GRPC_PORT must be a whole number, got 'http'"),
         (
             "COMMS_HTTP_PORT",
@@ -80,8 +102,6 @@ def test_flags_reach_the_settings_through_the_command(monkeypatch: pytest.Monkey
         "127.0.0.1",
         Path("/nowhere/flag"),
     )
-    # and the server processes it starts see them
-    assert os.environ["COMMS_GRPC_PORT"] == "7000"
 
 
 def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -102,14 +122,17 @@ def test_help_shows_each_flag_with_its_environment_variable_and_default(
         "--bind-host ADDRESS address the gRPC server and Envoy's public listener bind (env COMMS_BIND_HOST, default 127.0.0.1 when COMMS_ENV=development, else 0.0.0.0)",
         "--data-dir DIR directory of the SQLite file, the Envoy config and the development keys (env COMMS_DATA_DIR, default ./data)",
         "--database-url URL sqlite:///path or postgresql://user@host:5432/db (env COMMS_DATABASE_URL, default sqlite:///<data dir>/comms.db)",
-        "--server-processes N gRPC server processes (env COMMS_SERVER_PROCESSES, default one per core on PostgreSQL, one on SQLite)",
     ]:
         assert line in up
     serve, gateway = _help("serve", capsys), _help("gateway", capsys)
-    assert "--grpc-port" in serve and "--server-processes" in serve
-    assert "--http-port" not in serve and "--admin-port" not in serve
+    assert "--grpc-port" in serve and "--bind-host" in serve
+    assert "--http-port" not in serve and "--upstreams" not in serve
     assert "--http-port" in gateway and "--bind-host" in gateway
-    assert "--database-url" not in gateway and "--server-processes" not in gateway
+    assert (
+        "--upstreams LIST the gRPC servers Envoy balances over, host:port[,host:port...] (names or IP addresses) (env COMMS_UPSTREAMS, default 127.0.0.1:<grpc port>)"
+        in gateway
+    )
+    assert "--database-url" not in gateway and "--upstreams" not in up
 
 
 @pytest.mark.parametrize(
@@ -122,9 +145,9 @@ def test_help_shows_each_flag_with_its_environment_variable_and_default(
         ),
         (["serve", "--grpc-port", "http"], {}, "--grpc-port must be a whole number, got 'http'"),
         (
-            ["serve", "--server-processes", "0"],
+            ["gateway", "--upstreams", "comms-1:50051,"],
             {},
-            "--server-processes must be from 1 to 64, got 0",
+            "--upstreams must be host:port items separated by commas, got ''",
         ),
         (
             ["gateway", "--bind-host", "localhost"],
