@@ -18,7 +18,8 @@ run: $(SERVER) generate
 test: build lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# Issue 5's benchmark (README "Benchmark"); ARGS="--db postgres", "--soak", "--duration 30"...
+# The benchmark (README "Benchmark"); ARGS="--db postgres", "--soak", "--duration 30",
+# "--peer PATH" (issue 14's FastAPI peer, side by side), "--profile" (py-spy, perf)...
 # It drives HTTP with wrk, installed from Debian here when missing (as root).
 bench: build
 	@command -v wrk >/dev/null || { \

@@ -1,8 +1,10 @@
-"""The two load generators, both closed loops (each connection sends its next create when the
+"""The two load generators, both closed loops (each connection sends its next request when the
 last one is answered) for a fixed time, after which every connection finishes the request it
-has in flight and stops: so each create stored has its response counted.
+has in flight and stops: so each create stored has its response counted. Each runs one
+operation: "create" (BODY, valid, three steps) or "get" (by id, going through a list of ids
+in turn, one a line in a file).
 
-- HTTP through Envoy: wrk (C, one thread) with bench/create.lua.
+- HTTP (through Envoy, or to the peer): wrk (C, one thread) with bench/load.lua.
 - Native gRPC straight to the server: bench/grpc_driver.py, grpc.aio with one channel (one TCP
   connection) per connection. Not h2load: h2load sees HTTP 200 for every gRPC call, failed or
   not (grpc-status travels in trailers it does not read), and at the end of its time it drops
@@ -40,7 +42,8 @@ BODY: dict[str, Any] = {
 STEPS_PER_CREATE = len(BODY["steps"])
 # The longest a request may take, and the most a phase may overrun its time to drain.
 DRAIN_LIMIT_SECONDS = 30
-LUA_SCRIPT = Path(__file__).with_name("create.lua")
+LUA_SCRIPT = Path(__file__).with_name("load.lua")
+OPERATIONS = ("create", "get")
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,27 @@ def _children_cpu() -> float:
 
 
 class WrkLoad:
-    """POST /v1/sequences through Envoy with wrk; one wrk process per phase."""
+    """One operation over HTTP with wrk: create POSTs BODY to url, get GETs url/<id> for the
+    ids in the file ids, in turn. One wrk process per phase."""
 
-    def __init__(self, url: str, connections: int, workdir: Path, token: str | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        connections: int,
+        workdir: Path,
+        token: str | None,
+        operation: str = "create",
+        ids: Path | None = None,
+    ) -> None:
         self.url = url
         self.connections = connections
         self.token = token or ""
-        self.body_file = workdir / "create.json"
-        self.body_file.write_text(json.dumps(BODY))
+        if operation == "get":
+            assert ids is not None, "get needs a file of ids"
+            self.method, self.file = "GET", ids
+        else:
+            self.method, self.file = "POST", workdir / "create.json"
+            self.file.write_text(json.dumps(BODY))
 
     def run(self, seconds: float) -> Phase:
         command = [
@@ -105,7 +121,8 @@ class WrkLoad:
             f"--script={LUA_SCRIPT}",
             self.url,
             "--",
-            str(self.body_file),
+            self.method,
+            str(self.file),
             repr(seconds),
             self.token,
         ]
@@ -132,17 +149,26 @@ class WrkLoad:
 
 
 class GrpcLoad:
-    """CreateSequence straight to the server with bench/grpc_driver.py, one process per cell
-    (started and connected before any phase, so its start-up is not measured)."""
+    """CreateSequence, or GetSequence of the ids in a file in turn, straight to the server with
+    bench/grpc_driver.py, one process per cell (started and connected before any phase, so its
+    start-up is not measured)."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self._process = process
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, target: str, connections: int, token: str | None) -> Iterator[GrpcLoad]:
+    def start(
+        cls,
+        target: str,
+        connections: int,
+        token: str | None,
+        operation: str = "create",
+        ids: Path | None = None,
+    ) -> Iterator[GrpcLoad]:
         env = os.environ | {"BENCH_TOKEN": token or ""}
-        command = [sys.executable, "-m", "bench.grpc_driver", target, str(connections)]
+        command = [sys.executable, "-m", "bench.grpc_driver", target, str(connections), operation]
+        command += [str(ids)] if operation == "get" and ids else []
         with subprocess.Popen(
             command,
             stdin=subprocess.PIPE,

@@ -1,8 +1,10 @@
--- wrk script of `make bench`: POST one valid create per request for a fixed time, then let
--- every connection finish the request it has in flight and send no more, so that each create
--- the server stores has its response counted (rows in the database == 2xx responses).
+-- wrk script of `make bench`: one operation for a fixed time, then every connection finishes
+-- the request it has in flight and sends no more, so that each create the server stores has
+-- its response counted (rows in the database == 2xx responses).
 --
--- Arguments (after `--`): <file with the JSON body> <seconds> [<bearer token>]
+-- Arguments (after `--`): <POST|GET> <file> <seconds> [<bearer token>]
+--   POST: the file holds the JSON body sent to wrk's URL on every request;
+--   GET: the file holds ids, one a line; request i reads <wrk's URL>/<id i mod count>.
 -- Prints "BENCH_DRAINED <seconds from first request to last response>" when its thread is
 -- done, then (wrk stops on SIGINT) "BENCH_RESULT <json>": status counts, socket errors and
 -- latency percentiles in microseconds. Run it with one thread (-t1).
@@ -29,18 +31,31 @@ end
 -- Per thread from here on (each wrk thread has its own Lua state).
 local seconds, started, deadline
 local outstanding = 0  -- requests let go by delay() and not answered yet
+local prepared, turn = {}, 0  -- requests formatted once in init(), sent in turn
 statuses = {}  -- global: done() reads it with thread:get()
 
 function init(args)
-  local file = assert(io.open(args[1], "rb"))
-  wrk.method = "POST"
-  wrk.body = file:read("*a")
-  file:close()
-  wrk.headers["Content-Type"] = "application/json"
-  if args[3] and args[3] ~= "" then
-    wrk.headers["Authorization"] = "Bearer " .. args[3]
+  local method, file = args[1], assert(io.open(args[2], "rb"))
+  local headers = {}
+  if args[4] and args[4] ~= "" then
+    headers["Authorization"] = "Bearer " .. args[4]
   end
-  seconds = tonumber(args[2])
+  if method == "POST" then
+    headers["Content-Type"] = "application/json"
+    table.insert(prepared, wrk.format("POST", nil, headers, file:read("*a")))
+  else
+    for id in file:lines() do
+      table.insert(prepared, wrk.format("GET", wrk.path .. "/" .. id, headers))
+    end
+  end
+  file:close()
+  assert(#prepared > 0, "no requests in " .. args[2])
+  seconds = tonumber(args[3])
+end
+
+function request()
+  turn = turn % #prepared + 1
+  return prepared[turn]
 end
 
 -- Called before every request a connection sends (wrk's c->delayed is set after each
