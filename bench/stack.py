@@ -347,6 +347,8 @@ def running_stack(
             "COMMS_GRPC_PORT": str(grpc_port),
             "COMMS_HTTP_PORT": str(http_port),
             "COMMS_ADMIN_PORT": str(admin_port),
+            "COMMS_METRICS_PORT": "0",
+            "COMMS_GATEWAY_METRICS_PORT": "0",
             "COMMS_BIND_HOST": "127.0.0.1",
             "COMMS_UPSTREAM_HOST": "127.0.0.1",
             "COMMS_DATA_DIR": str(workdir),

@@ -16,7 +16,20 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from comms import auth, config, convert, datadir, db, devkeys, gateway, migrations, store
+from comms import (
+    auth,
+    config,
+    convert,
+    datadir,
+    db,
+    devkeys,
+    gateway,
+    logs,
+    metrics,
+    migrations,
+    store,
+    tracing,
+)
 from comms.server import Server, create_server
 from comms.service import IDEMPOTENCY_RETENTION
 
@@ -54,6 +67,7 @@ def _start_server(settings: config.Settings) -> Server:
             also_listen=own,
             share_port=worker,
             max_connections=settings.max_connections,
+            tracer_provider=tracing.provider_from_env(),
         )
     except RuntimeError as error:
         raise SystemExit(f"comms: cannot listen on {address} {' '.join(own)}: {error}") from None
@@ -109,6 +123,7 @@ class _Workers:
                     log.error(
                         "server process %d exited (%s); restarting it", index, process.returncode
                     )
+                    metrics.process_gone(process.pid)
                     self._processes[index] = self._spawn(index)
             time.sleep(0.5)
 
@@ -124,10 +139,29 @@ class _Workers:
 
 def _start_servers(settings: config.Settings) -> Server | _Workers:
     """The gRPC server in this process, or as several processes (COMMS_SERVER_PROCESSES)."""
-    if settings.server_processes == 1 or settings.worker_index >= 0:
+    if settings.worker_index >= 0:
         return _start_server(settings)
-    log.info("starting %d server processes", settings.server_processes)
-    return _Workers(settings)
+    servers: Server | _Workers
+    if settings.server_processes == 1:
+        servers = _start_server(settings)
+    else:
+        log.info("starting %d server processes", settings.server_processes)
+        servers = _Workers(settings)
+    _serve_metrics(settings)
+    return servers
+
+
+def _serve_metrics(settings: config.Settings) -> None:
+    """/metrics for every server process, from this one (the first, or their parent)."""
+    try:
+        served = metrics.serve(settings.bind_host, settings.metrics_port)
+    except OSError as error:
+        address = config.address(settings.bind_host, settings.metrics_port)
+        raise SystemExit(f"comms: cannot serve metrics on {address}: {error}") from None
+    log.info(
+        "metrics on http://%s/metrics",
+        config.address(_reachable(settings.bind_host), served.server_port),
+    )
 
 
 def _forget_old_idempotency_keys(database: pw.Database) -> None:
@@ -320,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     # Server processes this one starts read their settings from the environment: the flags
     # must reach them too.
     os.environ.update({config.SETTINGS[name].env: value for name, value in flags.items()})
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     grpc_logger = logging.getLogger("grpc")
     grpc_logger.setLevel(max(logging.WARNING, grpc_logger.getEffectiveLevel()))
     handler, _ = COMMANDS[args.command]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from typing import Any
 
 import grpc
 import peewee as pw
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from comms import gateway
+from comms import gateway, tracing
 from comms.auth import AuthInterceptor, TokenVerifier
+from comms.calls import CallInterceptor
 from comms.config import Settings
 from comms.service import SequenceService
 from comms.unparsable import RefuseUnparsable
@@ -52,6 +54,7 @@ def create_server(
     also_listen: tuple[str, ...] = (),
     share_port: bool = False,
     max_connections: int = Settings.max_connections,
+    tracer_provider: Any = None,
 ) -> Server:
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
     needs a token that verifier accepts; health and reflection stay open.
@@ -64,10 +67,15 @@ def create_server(
     spreads connections over them); otherwise a taken port is an error, not a silent share.
     also_listen are more addresses, such as a process's own port for the gateway.
 
-    Past max_connections open connections a new one is closed at once."""
+    Past max_connections open connections a new one is closed at once.
+
+    Every call gets a request id, a log line and its metrics (calls.py), and with an
+    OpenTelemetry tracer_provider a span too."""
+    calls = CallInterceptor(database)
+    traced = [tracing.server_interceptor(tracer_provider)] if tracer_provider else []
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-        interceptors=[AuthInterceptor(verifier), RefuseUnparsable()],
+        interceptors=[calls, *traced, AuthInterceptor(verifier), RefuseUnparsable()],
         options=[
             ("grpc.so_reuseport", int(share_port)),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -76,6 +84,7 @@ def create_server(
         ],
         maximum_concurrent_rpcs=max_in_flight or 8 * workers,
     )
+    calls.watch(grpc_server)
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

@@ -15,7 +15,7 @@ import grpc
 import peewee as pw
 from google.rpc import error_details_pb2
 
-from comms import auth, convert, paging, store, validation, writer
+from comms import auth, convert, metrics, paging, store, validation, writer
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -83,6 +83,7 @@ def _answers_errors(handler: Handler) -> Handler:
             context.abort_with_status(failure.status)
         except (pw.OperationalError, pw.InterfaceError) as error:
             log.warning("%s: store unavailable: %s", handler.__name__, _what_failed(error))
+            metrics.STORE_ERRORS.labels(type(error).__name__).inc()
             unavailable = RpcFailure(
                 grpc.StatusCode.UNAVAILABLE, "the store is unavailable; retry later"
             )

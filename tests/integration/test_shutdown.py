@@ -44,6 +44,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         # One process: the drain of one server is what is checked here (test_faults covers
         # several), and a free port says nothing of the ports above it.
         "COMMS_SERVER_PROCESSES": "1",
+        "COMMS_METRICS_PORT": "0",
     }
     for name in ("COMMS_DATABASE_URL", "COMMS_AUTH_JWKS_PATH"):
         env.pop(name, None)
