@@ -122,6 +122,38 @@ def path_checks(document: dict[str, Any], path: str) -> dict[str, Any]:
     return {"list": next(iter(lists), None), "fields": fields}
 
 
+# Envoy's access log line, one JSON object per request on its stdout. The method and path
+# are the caller's (comms.lua keeps the method; the transcoder rewrites it to POST and the
+# path to /comms.v1.SequenceService/..., keeping the original in x-envoy-original-path);
+# the status is the one the client got, after comms.lua.
+ACCESS_LINE = {
+    "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+    "source": "envoy",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "caller": "%DYNAMIC_METADATA(comms.gateway:caller)%",
+    "method": "%DYNAMIC_METADATA(comms.gateway:method)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+}
+
+
+def access_line(caller: str) -> str:
+    """The access log's json_format for a kind of caller, as YAML flow (JSON is YAML). An
+    HTTP caller's answer no longer holds the grpc-status that Envoy's operator reads (the
+    gateway removes it), so comms.lua keeps it in dynamic metadata instead."""
+    line = dict(ACCESS_LINE)
+    if caller == "http":
+        line["grpc_status"] = "%DYNAMIC_METADATA(comms.gateway:grpc_status)%"
+    return json.dumps(line)
+
+
 def _document() -> dict[str, Any]:
     return dict(json.loads(openapi_path().read_text()))
 
@@ -137,6 +169,9 @@ def render(settings: Settings) -> str:
         bind_host=settings.bind_host,
         http_port=settings.http_port,
         admin_port=settings.admin_port,
+        gateway_metrics_port=settings.gateway_metrics_port,
+        http_access_line=access_line("http"),
+        grpc_access_line=access_line("grpc"),
         upstream_endpoints=_endpoints(settings.upstream_host, settings.upstream_ports),
         descriptor_path=descriptor_path(),
         openapi_path=openapi_path(),
@@ -201,4 +236,7 @@ def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
         "--disable-hot-restart",
         "--log-level",
         log_level,
+        # The access log reaches stdout within a second (Envoy's default: ten).
+        "--file-flush-interval-msec",
+        "1000",
     ]
