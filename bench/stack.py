@@ -340,15 +340,15 @@ def running_stack(
     chosen = os.environ | dict(settings or {})
     processes = int(chosen.get("COMMS_SERVER_PROCESSES") or 0) or os.cpu_count() or 1
     grpc_port, http_port, admin_port = free_port_block(1 + processes), free_port(), free_port()
+    # The operator ports free too, unless settings name them (for a scraper to find).
     env = (
         os.environ
+        | {"COMMS_METRICS_PORT": "0", "COMMS_GATEWAY_METRICS_PORT": "0"}
         | dict(settings or {})
         | {
             "COMMS_GRPC_PORT": str(grpc_port),
             "COMMS_HTTP_PORT": str(http_port),
             "COMMS_ADMIN_PORT": str(admin_port),
-            "COMMS_METRICS_PORT": "0",
-            "COMMS_GATEWAY_METRICS_PORT": "0",
             "COMMS_BIND_HOST": "127.0.0.1",
             "COMMS_UPSTREAM_HOST": "127.0.0.1",
             "COMMS_DATA_DIR": str(workdir),
