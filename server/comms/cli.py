@@ -159,7 +159,7 @@ def _serve_metrics(settings: config.Settings) -> None:
         address = config.address(settings.bind_host, settings.metrics_port)
         raise SystemExit(f"comms: cannot serve metrics on {address}: {error}") from None
     log.info(
-        "metrics on http://%s/metrics",
+        "Prometheus metrics on http://%s/metrics",
         config.address(_reachable(settings.bind_host), served.server_port),
     )
 
@@ -238,6 +238,10 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
             bound,
             settings.admin_port,
         )
+        stats = gateway.bound_address(settings.admin_port, envoy, listener="operator")
+        log.info(
+            "Envoy's Prometheus stats on http://%s/stats/prometheus", _reachable_address(stats)
+        )
     else:
         log.error(
             "Envoy did not report its listener ready (Envoy admin on 127.0.0.1:%d)",
@@ -270,6 +274,12 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     servers.stop(settings.drain_seconds)
     log.info("stopped")
     return 1 if died is not None else 0
+
+
+def _reachable_address(bound: str) -> str:
+    """host:port as a local client reaches it."""
+    host, _, port = bound.rpartition(":")
+    return config.address(_reachable(host.strip("[]")), int(port))
 
 
 def _reachable(host: str) -> str:

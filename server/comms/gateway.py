@@ -199,9 +199,11 @@ def write_config(settings: Settings, directory: Path) -> Path:
     return path
 
 
-def bound_address(admin_port: int, envoy: subprocess.Popen[bytes], timeout: float = 30) -> str:
-    """Where the public listener is bound, as Envoy's admin reports it once Envoy is ready;
-    "" if Envoy exits or is not ready within timeout."""
+def bound_address(
+    admin_port: int, envoy: subprocess.Popen[bytes], timeout: float = 30, listener: str = "public"
+) -> str:
+    """Where a listener (the public one, or the operator one) is bound, as Envoy's admin
+    reports it once Envoy is ready; "" if Envoy exits or is not ready within timeout."""
     admin = f"http://127.0.0.1:{admin_port}"
     deadline = time.monotonic() + timeout
     while envoy.poll() is None and time.monotonic() < deadline:
@@ -210,7 +212,7 @@ def bound_address(admin_port: int, envoy: subprocess.Popen[bytes], timeout: floa
                 pass  # 200: listening; a 503 (not yet) raises
             with urllib.request.urlopen(f"{admin}/listeners?format=json", timeout=1) as answer:
                 listeners = json.load(answer)["listener_statuses"]
-            bound = next(each for each in listeners if each["name"] == "public")
+            bound = next(each for each in listeners if each["name"] == listener)
             socket = bound["local_address"]["socket_address"]
             return address(socket["address"], socket["port_value"])
         except (OSError, ValueError, KeyError, StopIteration):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -57,11 +57,14 @@ class _Plain(logging.Formatter):
         return f"{line} [{shown}]" if shown else line
 
 
-def configure(level: str, log_format: str = "auto") -> None:
-    """Log to stderr at level, as JSON unless log_format is "plain" or, with "auto", stderr
-    is a terminal."""
-    plain = log_format == "plain" or (log_format == "auto" and sys.stderr.isatty())
-    handler = logging.StreamHandler()
+def configure(level: str, log_format: str = "auto", stream: TextIO | None = None) -> None:
+    """Log to stream (stderr) at level, as JSON unless log_format is "plain" or, with
+    "auto", the stream is a terminal."""
+    stream = stream or sys.stderr
+    plain = log_format == "plain" or (log_format == "auto" and stream.isatty())
+    handler = logging.StreamHandler(stream)
     handler.addFilter(_RequestId())
     handler.setFormatter(_Plain() if plain else _Json())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]  # in place of any earlier one: configured once per process
+    root.setLevel(level)

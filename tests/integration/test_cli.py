@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,11 @@ def _listening(port: int) -> set[str]:
     return found
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return str(answer.read().decode())
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -108,10 +114,12 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
 ) -> None:
     data = loose_data_dir
     http_port, grpc_port, admin_port = free_port(), free_port(), free_port()
+    metrics_port, stats_port = free_port(), free_port()
     up = Running(
         [
             *("up", "--data-dir", str(data), "--http-port", str(http_port)),
             *("--grpc-port", str(grpc_port), "--admin-port", str(admin_port)),
+            *("--metrics-port", str(metrics_port), "--gateway-metrics-port", str(stats_port)),
         ],
         _env(COMMS_ENV="development", COMMS_HTTP_PORT="1", COMMS_GRPC_PORT="2"),
     )
@@ -125,9 +133,12 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
             f"WARNING comms.datadir: {data / devkeys.JWKS_FILE} was mode 644, readable by others: now 600",
             f"INFO comms: gRPC server listening on 127.0.0.1:{grpc_port} (store: sqlite:///{data / 'comms.db'})",
             f"INFO comms: HTTP gateway listening on http://127.0.0.1:{http_port} (Envoy admin on 127.0.0.1:{admin_port})",
+            f"INFO comms: Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics",
+            f"INFO comms: Envoy's Prometheus stats on http://127.0.0.1:{stats_port}/stats/prometheus",
         ]:
             assert expected in messages
-        assert (_listening(http_port), _listening(grpc_port)) == ({"127.0.0.1"}, {"127.0.0.1"})
+        listening = [_listening(port) for port in (http_port, grpc_port, metrics_port, stats_port)]
+        assert listening == [{"127.0.0.1"}] * 4
 
         token = devkeys.mint_token(data, ["sequences:write"])
         connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
@@ -137,6 +148,13 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
         answer = connection.getresponse()
         assert (answer.status, json.loads(answer.read())["name"]) == (201, "Private")
         connection.close()
+        created = 'comms_rpc_requests_total{code="OK",method="comms.v1.SequenceService/CreateSequence"} 1.0'
+        assert created in _get(f"http://127.0.0.1:{metrics_port}/metrics").splitlines()
+        stats = _get(f"http://127.0.0.1:{stats_port}/stats/prometheus")
+        assert (
+            'envoy_http_downstream_rq_xx{envoy_response_code_class="2",envoy_http_conn_manager_prefix="comms"} 1'
+            in stats
+        )
 
         assert _mode(data) == 0o700
         files = {path.name: _mode(path) for path in data.iterdir()}
