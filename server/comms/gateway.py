@@ -144,6 +144,12 @@ ACCESS_LINE = {
 }
 
 
+# spdlog's pattern: %j is the message JSON-escaped, %z the UTC offset.
+ENVOY_LOG_FORMAT = (
+    '{"time":"%Y-%m-%dT%T.%e%z","level":"%l","logger":"envoy.%n","message":"%j","source":"envoy"}'
+)
+
+
 def access_line(caller: str) -> str:
     """The access log's json_format for a kind of caller, as YAML flow (JSON is YAML). An
     HTTP caller's answer no longer holds the grpc-status that Envoy's operator reads (the
@@ -238,6 +244,9 @@ def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
         "--disable-hot-restart",
         "--log-level",
         log_level,
+        # Envoy's own diagnostics (its stderr) as JSON lines too, told apart by "source".
+        "--log-format",
+        ENVOY_LOG_FORMAT,
         # The access log reaches stdout within a second (Envoy's default: ten).
         "--file-flush-interval-msec",
         "1000",
