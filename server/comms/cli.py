@@ -146,6 +146,8 @@ def _start_servers(settings: config.Settings) -> Server | _Workers:
         servers = _start_server(settings)
     else:
         log.info("starting %d server processes", settings.server_processes)
+        if not metrics.multiprocess_dir():  # `python -m comms.cli`, not the comms command
+            log.warning("%s is not set: /metrics cannot sum the processes", metrics.MULTIPROC_ENV)
         servers = _Workers(settings)
     _serve_metrics(settings)
     return servers

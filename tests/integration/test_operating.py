@@ -323,3 +323,21 @@ def test_an_untraced_call_starts_a_trace_of_its_own(traced: Traced) -> None:
     )
     (span,) = [s for s in traced.spans.get_finished_spans() if s.name == f"/{CREATE}"]
     assert span.parent is None
+
+
+def test_a_store_that_cannot_be_reached_is_counted_and_the_pool_size_shown(keys: Keys) -> None:
+    database = db.open_database("postgresql://nobody@127.0.0.1:1/none", max_connections=7)
+    server = create_server("127.0.0.1:0", database, keys.verifier(), workers=2)
+    assert _sample("comms_store_connections_max") == 7
+    errors = _sample("comms_store_errors_total", error="OperationalError")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.SequenceServiceStub(channel)
+            metadata = [("authorization", f"Bearer {keys.token()}")]
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetSequence(pb.GetSequenceRequest(id=str(uuid.uuid4())), metadata=metadata)
+    finally:
+        server.stop(1)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert _sample("comms_store_errors_total", error="OperationalError") == errors + 1
+    assert _sample("comms_store_connections_in_use") == 0
