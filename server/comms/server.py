@@ -34,15 +34,25 @@ MAX_METADATA_BYTES = 3 * gateway.MAX_HEADERS_KIB * 1024
 class Server:
     """A started gRPC server and the health service that tells Envoy and callers it serves."""
 
-    def __init__(self, grpc_server: grpc.Server, port: int, health: health.HealthServicer) -> None:
+    def __init__(
+        self,
+        grpc_server: grpc.Server,
+        port: int,
+        health: health.HealthServicer,
+        tracer_provider: Any = None,
+    ) -> None:
         self.grpc = grpc_server
         self.port = port
         self._health = health
+        self._tracer_provider = tracer_provider
 
     def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within grace seconds."""
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within grace seconds;
+        then export the spans still buffered."""
         self._health.enter_graceful_shutdown()
         self.grpc.stop(grace).wait()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
 
 
 def create_server(
@@ -97,4 +107,4 @@ def create_server(
     grpc_server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(grpc_server, port, health_servicer)
+    return Server(grpc_server, port, health_servicer, tracer_provider)

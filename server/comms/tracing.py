@@ -20,7 +20,8 @@ _EXPORTERS = {"otlp": "otlp_proto_http"}
 
 
 def provider_from_env(env: Mapping[str, str] = os.environ) -> Any | None:
-    """A TracerProvider exporting as the environment says, or None when tracing is off."""
+    """A TracerProvider exporting as env says, or None when tracing is off (the SDK reads
+    the other OTEL_* variables from os.environ itself)."""
     names = [n.strip() for n in env.get(EXPORTER_ENV, "none").split(",") if n.strip()]
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or names in ([], ["none"]):
         return None
@@ -28,7 +29,10 @@ def provider_from_env(env: Mapping[str, str] = os.environ) -> Any | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "comms"}))
+    resource = Resource.create()  # from OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "comms"}))  # neither names one
+    provider = TracerProvider(resource=resource)
     available = entry_points(group="opentelemetry_traces_exporter")
     for name in names:
         found = available.select(name=_EXPORTERS.get(name, name))

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -33,8 +34,10 @@ COMMS = str(Path(sys.executable).parent / "comms")
 class Running:
     """A `comms` process whose log lines are collected as it writes them."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen([COMMS, *argv], env=env, stderr=subprocess.PIPE, text=True)
+    def __init__(self, argv: list[str], env: dict[str, str], stdout: Any = None) -> None:
+        self.process = subprocess.Popen(
+            [COMMS, *argv], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -167,9 +170,10 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
     assert names == [("Private",)]
 
 
-def _health(channel: grpc.Channel) -> int:
+def _health(channel: grpc.Channel, metadata: Any = None) -> int:
     request = health_pb2.HealthCheckRequest()
-    return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=3).status)
+    stub = health_pb2_grpc.HealthStub(channel)
+    return int(stub.Check(request, timeout=3, metadata=metadata).status)
 
 
 def _fresh_channel(port: int) -> grpc.Channel:
@@ -219,3 +223,27 @@ def test_production_binds_every_interface_and_caps_connections(tmp_path: Path, k
         for sock in idle:
             sock.close()
         assert serve.stop() == 0
+
+
+def test_the_standard_otel_variables_turn_traces_on(tmp_path: Path) -> None:
+    """With OTEL_TRACES_EXPORTER=console each call's span is printed (on stdout), the
+    caller's traceparent its parent; the buffered spans are exported when the server stops."""
+    port, trace_id, parent = free_port(), "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    spans = tmp_path / "spans.json"
+    with spans.open("w") as out:
+        serve = Running(
+            ["serve", "--grpc-port", str(port), "--data-dir", str(tmp_path)],
+            _env(COMMS_ENV="development", OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="c1"),
+            stdout=out,
+        )
+        try:
+            serve.wait_for("gRPC server listening")
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                metadata = [("traceparent", f"00-{trace_id}-{parent}-01")]
+                assert _health(channel, metadata) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            assert serve.stop() == 0
+    text = spans.read_text()
+    assert '"name": "/grpc.health.v1.Health/Check"' in text, text
+    assert f'"trace_id": "0x{trace_id}"' in text and f'"parent_id": "0x{parent}"' in text
+    assert '"service.name": "c1"' in text

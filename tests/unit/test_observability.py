@@ -141,3 +141,21 @@ def test_an_unknown_exporter_is_a_config_error() -> None:
         ConfigError, match="OTEL_TRACES_EXPORTER must be otlp, console or none, got 'zipkin'"
     ):
         tracing.provider_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({}, "comms"),
+        ({"OTEL_SERVICE_NAME": "comms-eu"}, "comms-eu"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=c2,deployment.environment=prod"}, "c2"),
+    ],
+)
+def test_the_service_is_named_comms_unless_the_environment_names_it(
+    env: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # the SDK's Resource reads os.environ itself
+    provider = tracing.provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert provider is not None and provider.resource.attributes["service.name"] == name
+    provider.shutdown()
