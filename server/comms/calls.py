@@ -89,8 +89,8 @@ class CallInterceptor(grpc.ServerInterceptor):
     def __init__(self, database: pw.Database | None = None) -> None:
         self._wrapped: dict[str, Any] = {}
         self._server: Any = None
-        self._pool = database if isinstance(database, pw.Database) else None
-        if self._pool is not None:
+        self._pool = database
+        if database is not None:
             metrics.POOL_MAX.set(getattr(self._pool, "_max_connections", 0) or 0)
 
     def watch(self, server: grpc.Server) -> None:
@@ -113,7 +113,8 @@ class CallInterceptor(grpc.ServerInterceptor):
     def _is_full(self) -> bool:
         """Will grpc refuse this call for its concurrency limit? grpc decides under the same
         lock this runs under (its polling thread), from these two numbers, and has no hook
-        or counter of its own for it (grpcio 1.85's _server._RPCState; tests prove it)."""
+        or counter of its own for it (grpcio 1.85's _server._ServerState; a test proves the
+        count exact)."""
         state: Any = getattr(self._server, "_state", None)
         limit = getattr(state, "maximum_concurrent_rpcs", None)
         return limit is not None and bool(state.active_rpc_count >= limit)
