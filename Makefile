@@ -59,7 +59,7 @@ build: $(STAMP) generate
 # checked copy, see `make openapi`).
 generate: $(GEN)/openapi.json
 
-$(GEN)/openapi.json: $(PROTOS) tools/protogen.py server/comms/openapi.py server/comms/validation.py $(BASE)
+$(GEN)/openapi.json: $(PROTOS) tools/protogen.py server/comms/openapi.py server/comms/httpapi.py server/comms/validation.py $(BASE)
 	$(PY) tools/protogen.py server
 
 # Refresh the committed copy of the document; a test fails while the two differ.

@@ -9,23 +9,10 @@ local NS = "comms.gateway"  -- dynamic metadata namespace
 -- bug: retry later, like any other unavailability.
 local DROPPED = "the comms service is unavailable, try again later"
 
--- gRPC status -> HTTP status, contract error code, and a message to show
--- instead of the server's. Codes not listed here (UNKNOWN, INTERNAL,
--- DATA_LOSS, ...) become a generic 500 that leaks nothing.
-local GRPC_TO_HTTP = {
-  ["1"]  = {503, "unavailable", DROPPED},
-  ["3"]  = {422, "validation_error"},
-  ["4"]  = {504, "deadline_exceeded"},
-  ["5"]  = {404, "not_found"},
-  ["6"]  = {409, "already_exists"},
-  ["7"]  = {403, "permission_denied"},
-  ["8"]  = {503, "unavailable"},  -- the server shedding load: retry later
-  ["9"]  = {409, "failed_precondition"},
-  ["10"] = {409, "aborted"},
-  ["12"] = {501, "not_implemented"},
-  ["14"] = {503, "unavailable"},
-  ["16"] = {401, "unauthenticated"},
-}
+-- The error words comms.lua writes itself (comms.v1.ErrorCode; test_httpapi checks them).
+-- The gRPC status -> HTTP status and word table comes with each API route's metadata
+-- (errors, from the proto); a code not in it becomes a 500 that leaks nothing.
+local INVALID, TOO_LARGE, INTERNAL = "validation_error", "payload_too_large", "internal"
 
 local JSON_ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
@@ -213,7 +200,7 @@ local function oversized_answer(handle, headers, limit)
   local body = handle:body(true)
   if body then
     local message = "request body is larger than " .. limit .. " bytes"
-    body:setBytes('{"error":"payload_too_large","message":' .. json_string(message) .. "}\n")
+    body:setBytes('{"error":"' .. TOO_LARGE .. '","message":' .. json_string(message) .. "}\n")
   end
 end
 
@@ -243,7 +230,6 @@ function envoy_on_request(handle)
 
   -- Only the routes to the server (envoy.yaml.in marks them) need a token.
   if not handle:metadata():get("rpc") then return end
-  local method = headers:get(":method")
   local path = (headers:get(":path") or ""):match("^[^?]*")
   if surely_unauthenticated(headers) then
     -- 401 before any 422: send the server a call it refuses for the token
@@ -254,8 +240,9 @@ function envoy_on_request(handle)
     if body then body:setBytes("") end
     return
   end
-  -- A body with a required list (route metadata "list") is checked here.
-  local list = method == "POST" and handle:metadata():get("list")
+  -- The rest is for the routes whose body has a list to tell missing from []
+  -- (route metadata "list").
+  local list = handle:metadata():get("list")
   if not list then return end
 
   -- Local 422 replies carry the bare message; envoy_on_response wraps it.
@@ -308,7 +295,8 @@ function envoy_on_response(handle)
     headers:replace("content-type", "application/json")  -- headers first: body() ends their scope
     local body = handle:body(true)
     local text = body:getBytes(0, body:length())
-    body:setBytes('{"error":"validation_error","message":' .. json_string(tidy(text, handle:metadata():get("fields"))) .. "}\n")
+    local message = tidy(text, handle:metadata():get("fields"))
+    body:setBytes('{"error":"' .. INVALID .. '","message":' .. json_string(message) .. "}\n")
     return
   end
 
@@ -333,13 +321,18 @@ function envoy_on_response(handle)
   end
 
   -- An upstream gRPC error (headers only, empty body): reshape it.
-  local map = GRPC_TO_HTTP[grpc_status]
-  local status, code, message = 500, "internal", "internal error"
+  local errors = handle:metadata():get("errors")
+  local map = errors and errors[grpc_status]
+  local status, code, message = 500, INTERNAL, "internal error"
   if map then
-    status, code = map[1], map[2]
+    status, code = map.status, map.error
     if error_code and error_code:match("^[%l_]+$") then code = error_code end
     if http_code and http_code:match("^[45]%d%d$") then status = tonumber(http_code) end
-    message = map[3] or grpc_message:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    if grpc_status == "1" then
+      message = DROPPED
+    else
+      message = grpc_message:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    end
     if message == "" then message = (code:gsub("_", " ")) end
   end
   headers:replace(":status", tostring(status))

@@ -24,11 +24,9 @@ from typing import Any
 import grpc
 import jwt
 
-from comms import calls, devkeys
+from comms import calls, devkeys, httpapi
 from comms.config import ConfigError, Settings
 from comms.errors import RpcFailure
-from comms.v1 import options_pb2
-from comms.v1 import sequences_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +42,7 @@ CHALLENGE = 'Bearer realm="comms"'
 def required_scopes() -> dict[str, str]:
     """Each comms RPC's full method path ("/comms.v1.SequenceService/CreateSequence") and the
     scope it declares in the proto ("" where it declares none)."""
-    extension: Any = options_pb2.required_scope  # typed by the stubs as a plain field
-    return {
-        f"/{service.full_name}/{method.name}": method.GetOptions().Extensions[extension]
-        for service in pb.DESCRIPTOR.services_by_name.values()
-        for method in service.methods
-    }
+    return {path: method.scope for path, method in httpapi.METHODS.items()}
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,17 @@ import grpc
 import peewee as pw
 
 from comms import metrics
+from comms.httpapi import HTTP_CODE_HEADER
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
 # A caller's id is kept if it is printable ASCII of at most this length, else replaced.
 MAX_REQUEST_ID = 200
-# Sent by the handler in its initial metadata (service.py); read here, never logged raw.
-_HTTP_CODE, _REPLAYED = "x-http-code", "idempotent-replayed"
+# What a handler's initial metadata says of its answer: the HTTP status it asks for, and
+# a replay (idempotency.REPLAYED: not imported, as idempotency imports auth, which imports
+# this module).
+_HTTP_CODE, _REPLAYED = HTTP_CODE_HEADER, "idempotent-replayed"
 
 
 @dataclass

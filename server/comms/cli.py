@@ -24,6 +24,7 @@ from comms import (
     db,
     devkeys,
     gateway,
+    idempotency,
     logs,
     metrics,
     migrations,
@@ -31,7 +32,6 @@ from comms import (
     tracing,
 )
 from comms.server import Server, create_server
-from comms.service import IDEMPOTENCY_RETENTION
 
 log = logging.getLogger("comms")
 
@@ -172,10 +172,10 @@ def _forget_old_idempotency_keys(database: pw.Database) -> None:
         try:
             with database.connection_context():
                 purged = store.purge_idempotency(
-                    database, convert.utc_now() - IDEMPOTENCY_RETENTION
+                    database, convert.utc_now() - idempotency.RETENTION
                 )
             if purged:
-                log.info("forgot %d idempotency keys older than %s", purged, IDEMPOTENCY_RETENTION)
+                log.info("forgot %d idempotency keys older than %s", purged, idempotency.RETENTION)
         except pw.DatabaseError as error:
             log.warning("could not forget old idempotency keys: %s", error)
         time.sleep(3600)

@@ -11,6 +11,9 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
+# Sent with an error whose gRPC status alone does not say which HTTP error code it is.
+ERROR_CODE_HEADER = "x-error-code"
+
 
 class _Status(NamedTuple):
     code: grpc.StatusCode

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
+from google.protobuf import descriptor_pool
+
+from comms import httpapi
 from comms.config import Settings, address
-from comms.v1 import sequences_pb2 as pb
 
 
 def _gateway_dir() -> Path:
@@ -31,6 +35,9 @@ MAX_BODY_BYTES = 1024 * 1024
 # 16 KiB bearer token. The gRPC server's metadata limit is derived from it (server.py).
 MAX_HEADERS_KIB = 32
 MAX_HEADERS_COUNT = 100
+# How long an API route waits for the server.
+ROUTE_TIMEOUT = "15s"
+_OFF = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
 
 
 def _generated(name: str) -> Path:
@@ -80,23 +87,22 @@ _TYPE_WORDS = {
 }
 
 
-def path_checks(document: dict[str, Any], path: str) -> dict[str, Any]:
-    """For comms.lua's route metadata, what the transcoder cannot say by itself about the
-    requests of one path, read from the OpenAPI document (which states the proto's rules):
-    `list`, a required list of the body, whose absence the transcoder reads as empty; and
-    `fields`, each field of the query and body by its path as sent (page_size, name,
-    steps[].delayMinutes; a list's items as steps[]) with its proto name and the rule a value
-    of the wrong type breaks."""
+def operation_checks(document: dict[str, Any], method: str, body_type: Any) -> dict[str, Any]:
+    """For comms.lua's route metadata, what the transcoder cannot say by itself about a
+    method's requests, read from its operation in the OpenAPI document (which states the
+    proto's rules): `list`, a list the body requires, whose absence the transcoder reads as
+    empty; and `fields`, each field of the query and body by its path as sent (page_size,
+    name, steps[].delayMinutes; a list's items as steps[]) with its proto name and the rule a
+    value of the wrong type breaks (body_type: the Descriptor of the message the body fills).
+    Empty members are left out."""
     components = document["components"]["schemas"]
-    methods = {m.name: m for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
     fields: dict[str, dict[str, str]] = {}
-    lists: set[str] = set()
 
     def resolved(schema: dict[str, Any]) -> dict[str, Any]:
         ref = schema.get("$ref")
         return components[ref.rsplit("/", 1)[1]] if ref else schema
 
-    def walk(message: Any, schema: dict[str, Any], prefix: str) -> None:
+    def walk(message: Any, schema: dict[str, Any], prefix: str) -> None:  # a Descriptor
         for field in message.fields:
             prop = resolved(schema["properties"][field.name])
             if field.is_repeated and field.message_type:
@@ -107,19 +113,22 @@ def path_checks(document: dict[str, Any], path: str) -> dict[str, Any]:
                 entry = {"name": field.name, "rule": _wording(prop)}
                 fields.update(dict.fromkeys({prefix + field.name, prefix + field.json_name}, entry))
 
-    for operation in document["paths"][path].values():
-        for parameter in operation.get("parameters", []):
-            if parameter["in"] == "query":
-                name = parameter["name"]
-                fields[name] = {"name": name, "rule": _wording(parameter["schema"])}
-        if "requestBody" in operation:
-            body = resolved(operation["requestBody"]["content"]["application/json"]["schema"])
-            walk(methods[operation["operationId"]].input_type, body, "")
-            required = body.get("required", [])
-            lists.update(n for n in required if body["properties"][n].get("type") == "array")
-    if len(lists) > 1:  # its tokenizer follows one list per path
-        raise ValueError(f"{path}: comms.lua tells missing from empty for one list only")
-    return {"list": next(iter(lists), None), "fields": fields}
+    operations = [o for p in document["paths"].values() for o in p.values()]
+    operation: dict[str, Any] = next((o for o in operations if o.get("operationId") == method), {})
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "query":
+            name = parameter["name"]
+            fields[name] = {"name": name, "rule": _wording(parameter["schema"])}
+    lists: list[str] = []
+    if "requestBody" in operation:
+        body = resolved(operation["requestBody"]["content"]["application/json"]["schema"])
+        walk(body_type, body, "")
+        lists = [
+            n for n in body.get("required", []) if body["properties"][n].get("type") == "array"
+        ]
+    if len(lists) > 1:  # its tokenizer follows one list per body
+        raise ValueError(f"{method}: comms.lua tells missing from empty for one list only")
+    return {k: v for k, v in {"list": lists[0] if lists else None, "fields": fields}.items() if v}
 
 
 # Envoy's access log line, one JSON object per request on its stdout. The method and path
@@ -164,14 +173,78 @@ def _document() -> dict[str, Any]:
     return dict(json.loads(openapi_path().read_text()))
 
 
-def _lua_metadata(checks: dict[str, Any]) -> str:
-    """Route metadata members for comms.lua, in YAML flow syntax (JSON is YAML)."""
-    return ", ".join(f"{key}: {json.dumps(value)}" for key, value in checks.items() if value)
+def lua_errors() -> dict[str, dict[str, Any]]:
+    """For comms.lua: each gRPC status code the server may send and the HTTP status and error
+    word it becomes (any other is a 500 internal)."""
+    return {
+        str(code): {"status": error.status, "error": error.word}
+        for error in httpapi.ERRORS.values()
+        for code in error.grpc_codes
+    }
+
+
+def api_routes(methods: Iterable[httpapi.Method] = ()) -> list[dict[str, Any]]:
+    """The routes of every HTTP rule of the methods (default: the API's), then one 405 route
+    per path with the Allow header listing the methods it serves."""
+    routes: list[dict[str, Any]] = []
+    allowed: dict[str, list[str]] = {}  # a path's match (as JSON) -> the verbs it serves
+    errors, document = lua_errors(), _document()
+    for method in methods or httpapi.METHODS.values():
+        request = descriptor_pool.Default().FindMessageTypeByName(method.input_type)
+        for binding in method.bindings:
+            match = _path_match(binding)
+            allowed.setdefault(json.dumps(match), []).append(binding.verb.upper())
+            # comms.lua: these reach the server (rpc); max_body_bytes: a body declared larger
+            # is read to its end before the 413, so that the client can read the answer.
+            lua = {"rpc": True, "max_body_bytes": MAX_BODY_BYTES, "errors": errors}
+            # The message the body fills: the request, or one of its fields.
+            body: Any = request
+            if binding.body not in ("*", ""):
+                body = request.fields_by_name[binding.body].message_type
+            lua |= operation_checks(document, method.name, body)
+            verb = {"name": ":method", "string_match": {"exact": binding.verb.upper()}}
+            routes.append(
+                {
+                    "match": match | {"headers": [verb]},
+                    "route": {"cluster": "comms_grpc", "timeout": ROUTE_TIMEOUT},
+                    "metadata": {"filter_metadata": {"envoy.filters.http.lua": lua}},
+                }
+            )
+    for path, verbs in allowed.items():
+        allow: dict[str, Any] = {"key": "Allow", "value": ", ".join(sorted(set(verbs)))}
+        routes.append(
+            {
+                "match": json.loads(path),
+                "direct_response": {"status": 405},
+                "response_headers_to_add": [
+                    {"header": allow, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                ],
+                # Else the transcoder's reject_unknown_method answers 404 first.
+                "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": _OFF},
+            }
+        )
+    return routes
+
+
+def _path_match(binding: httpapi.Binding) -> dict[str, Any]:
+    if not binding.fields:
+        return {"path": binding.template}
+    return {"safe_regex": {"regex": binding.regex()}}
+
+
+def _yaml_list(items: list[dict[str, Any]], indent: str) -> str:
+    """A YAML block sequence of flow maps (JSON is valid YAML), its first line unindented."""
+    return f"\n{indent}".join(f"- {json.dumps(item)}" for item in items)
 
 
 def render(settings: Settings) -> str:
-    template = Template((GATEWAY_DIR / "envoy.yaml.in").read_text())
-    return template.substitute(
+    text = (GATEWAY_DIR / "envoy.yaml.in").read_text()
+    placeholder = re.search(r"^( *)\$\{api_routes\}", text, re.MULTILINE)
+    indent = placeholder.group(1) if placeholder else ""
+    return Template(text).substitute(
+        api_routes=_yaml_list(api_routes(), indent),
+        # The error words of the local replies.
+        **{f"word_{word}": word for word in httpapi.ERRORS},
         bind_host=settings.bind_host,
         http_port=settings.http_port,
         admin_port=settings.admin_port,
@@ -185,7 +258,6 @@ def render(settings: Settings) -> str:
         max_body_bytes=MAX_BODY_BYTES,
         max_headers_kib=MAX_HEADERS_KIB,
         max_headers_count=MAX_HEADERS_COUNT,
-        sequences_checks=_lua_metadata(path_checks(_document(), "/v1/sequences")),
         headers_timeout=_duration(settings.gateway_headers_timeout),
         request_timeout=_duration(settings.gateway_request_timeout),
         stream_idle_timeout=_duration(settings.gateway_stream_idle_timeout),

@@ -34,16 +34,19 @@ class StepRow(pw.Model):
 
 
 class IdempotencyRow(pw.Model):
+    """The first answer to a keyed call, replayed to its retries."""
+
     caller = pw.CharField(max_length=64)
-    brand_id = pw.CharField(max_length=255)
     key = pw.CharField(max_length=255)
+    method = pw.CharField(max_length=255)
     request_hash = pw.CharField(max_length=64)
-    sequence_id = pw.UUIDField()
+    response = pw.BlobField()  # the serialized response message
+    response_metadata = pw.TextField()  # JSON [[name, value], ...]: status, Location
     created_at = pw.DateTimeField()
 
     class Meta:
-        table_name = "idempotency_keys"
-        primary_key = pw.CompositeKey("caller", "brand_id", "key")
+        table_name = "idempotent_answers"
+        primary_key = pw.CompositeKey("caller", "key")
 
 
 class SecretRow(pw.Model):

@@ -19,18 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from google.api import annotations_pb2, field_behavior_pb2, http_pb2
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2
 
 from buf.validate import validate_pb2
-from comms import gateway
-from comms.v1 import options_pb2
+from comms import gateway, httpapi
 
 PACKAGE = "comms.v1"
 FD = descriptor_pb2.FieldDescriptorProto
 Schema = dict[str, Any]
 # The stubs type this extension as a plain field, which Extensions[] does not take.
-REQUIRED_SCOPE: Any = options_pb2.required_scope
 FIELD_RULES: Any = validate_pb2.field
 
 # JSON Schema has no keyword for "no two items share a property value"; this extension says
@@ -94,35 +92,7 @@ WELL_KNOWN: dict[str, Schema] = {
     ".google.protobuf.Value": {},
 }
 
-# Every error body is {error, message}: (status, its error codes, when) of each the gateway
-# sends, and the headers that come with it.
-ERRORS: list[tuple[int, tuple[str, ...], str]] = [
-    (400, ("bad_request",), "HTTP itself refused the request (malformed), before any route."),
-    (404, ("not_found",), "No route for this path, or no such resource."),
-    (405, ("method_not_allowed",), "The path does not serve this method."),
-    (408, ("request_timeout",), "The request did not arrive in time."),
-    (413, ("payload_too_large",), f"The body is over {gateway.MAX_BODY_BYTES} bytes."),
-    (
-        422,
-        ("validation_error", "idempotency_key_reused"),
-        "The request breaks a rule: malformed JSON, not an object, a wrong type, a missing or "
-        "empty required field, a number out of range, an unknown enum value, a repeated "
-        "position. The message names each field by its path (steps[2].channel) and the rule. "
-        "`idempotency_key_reused`: the idempotency key came before with another body.",
-    ),
-    (431, ("headers_too_large",), "The request headers are too large."),
-    (500, ("internal",), "A bug on the service's side; the message says only `internal error`."),
-    (503, ("unavailable",), "The service or its store cannot be reached, or sheds load: retry."),
-    (504, ("deadline_exceeded",), "The service did not answer in time."),
-]
-# Only where a body is read (the gateway's Content-Type rule, envoy.yaml.in).
-BODY_ERRORS: list[tuple[int, tuple[str, ...], str]] = [
-    (415, ("unsupported_media_type",), "The body's Content-Type is not application/json."),
-]
-AUTH_ERRORS: list[tuple[int, tuple[str, ...], str]] = [
-    (401, ("unauthenticated",), "The bearer token is missing, malformed, expired or not trusted."),
-    (403, ("permission_denied",), "The token lacks the operation's scope, or the brand."),
-]
+# Headers that come with an error status (its words are comms.httpapi.ERRORS).
 ERROR_HEADERS: dict[int, tuple[str, str]] = {
     405: ("Allow", "The methods the path serves."),
     401: ("WWW-Authenticate", "The Bearer challenge, saying what is wrong with the token."),
@@ -274,6 +244,7 @@ class Builder:
         self.d = descriptors
         self.schemas: dict[str, Schema] = {}
         self.request_types: set[str] = set()
+        self.errors: dict[str, httpapi.Error] = {}  # every error word some operation answers
 
     # Schemas. The input view requires REQUIRED fields and adds the request rules; the output
     # view requires every field (the gateway always prints every key). OUTPUT_ONLY fields are
@@ -350,15 +321,11 @@ class Builder:
         self,
         service_name: str,
         method: descriptor_pb2.MethodDescriptorProto,
-        rule: http_pb2.HttpRule,
+        answer: httpapi.Method,
+        rule: httpapi.Binding,
     ) -> tuple[str, str, Schema]:
         """(path, method, operation) for one HTTP rule of the method."""
-        verb = rule.WhichOneof("pattern")
-        if verb is None or verb == "custom":
-            raise ValueError(
-                f"{method.name}: only get, put, post, delete and patch rules are supported"
-            )
-        template: str = getattr(rule, verb)
+        verb, template = rule.verb, rule.template
         path, path_fields = _path(template, method.name)
         request = self.d.messages[method.input_type]
         fields = {f.name: f for f in request.field}
@@ -408,23 +375,31 @@ class Builder:
             result = self.field_schema(method.output_type, field, True)
         else:
             result = self.ref(method.output_type, True)
-        # The server asks the gateway for 201 and Location on creation (service.py).
-        created = verb == "post" and method.name.startswith("Create")
+        # The server sends the success status and Location (httpapi.success_metadata).
+        success = answer.success_status
         responses: Schema = {
-            "201" if created else "200": {
-                "description": "Created." if created else "OK.",
+            str(success): {
+                "description": "Created." if success == 201 else "OK.",
                 "content": {"application/json": {"schema": result}},
             }
         }
-        if created:
-            responses["201"]["headers"] = _header("Location", "Where the new resource is read.")
-        scope = method.options.Extensions[REQUIRED_SCOPE]
-        errors = ERRORS + (BODY_ERRORS if body is not None else []) + (AUTH_ERRORS if scope else [])
-        for status, codes, _ in sorted(errors):
-            responses[str(status)] = {"$ref": f"#/components/responses/{codes[0]}"}
+        if answer.location:
+            responses[str(success)]["headers"] = _header(
+                "Location", "Where the new resource is read."
+            )
+        by_status: dict[int, list[httpapi.Error]] = {}
+        for error in answer.errors(rule):
+            by_status.setdefault(error.status, []).append(error)
+            self.errors[error.word] = error
+        for status, errors in by_status.items():
+            responses[str(status)] = (
+                {"$ref": f"#/components/responses/{errors[0].word}"}
+                if len(errors) == 1
+                else _error_response(status, errors)
+            )
         operation["responses"] = responses
-        if scope:
-            operation["security"] = [{SECURITY_SCHEME: [scope]}]
+        if answer.scope:
+            operation["security"] = [{SECURITY_SCHEME: [answer.scope]}]
         return path, verb, operation
 
     def parameter(
@@ -459,15 +434,17 @@ def _header(name: str, description: str) -> Schema:
     return {name: {"description": description, "required": True, "schema": {"type": "string"}}}
 
 
-def _error_response(status: int, codes: tuple[str, ...], when: str) -> Schema:
+def _error_response(status: int, errors: list[httpapi.Error]) -> Schema:
+    """The response of one status, for the error words given."""
+    words = [error.word for error in errors]
     response: Schema = {
-        "description": f"`{codes[0]}`: {when}",
+        "description": " ".join(f"`{error.word}`: {error.meaning}" for error in errors),
         "content": {
             "application/json": {
                 "schema": {
                     "allOf": [
                         {"$ref": "#/components/schemas/Error"},
-                        {"properties": {"error": {"enum": list(codes)}}},
+                        {"properties": {"error": {"enum": words}}},
                     ]
                 }
             }
@@ -488,15 +465,13 @@ def build(files: descriptor_pb2.FileDescriptorSet) -> Schema:
         comment = descriptors.comments.get(service_name, "")
         tags.append({"name": service.name} | ({"description": comment} if comment else {}))
         for method in service.method:
-            rule = method.options.Extensions[annotations_pb2.http]
-            for binding in [rule, *rule.additional_bindings]:
-                if binding.WhichOneof("pattern") is None:
-                    continue  # no HTTP rule: gRPC only
-                path, verb, operation = builder.operation(service_name, method, binding)
+            answer = httpapi.method_of(service_name[1:], method)
+            for binding in answer.bindings:  # none: gRPC only
+                path, verb, operation = builder.operation(service_name, method, answer, binding)
                 if verb in paths.setdefault(path, {}):
                     raise ValueError(f"{verb.upper()} {path} is bound twice")
                 paths[path][verb] = operation
-    statuses = sorted(ERRORS + BODY_ERRORS + AUTH_ERRORS, key=lambda error: error[0])
+    errors = sorted(builder.errors.values(), key=lambda error: error.status)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -525,7 +500,7 @@ def build(files: descriptor_pb2.FileDescriptorSet) -> Schema:
                     "required": ["error", "message"],
                 },
             },
-            "responses": {c[0]: _error_response(s, c, w) for s, c, w in statuses},
+            "responses": {e.word: _error_response(e.status, [e]) for e in errors},
             "securitySchemes": {
                 SECURITY_SCHEME: {
                     "type": "http",

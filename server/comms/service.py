@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
-import hashlib
 import logging
 import time
 import uuid
@@ -15,7 +13,7 @@ import grpc
 import peewee as pw
 from google.rpc import error_details_pb2
 
-from comms import auth, convert, metrics, paging, store, validation, writer
+from comms import auth, convert, httpapi, idempotency, metrics, paging, store, validation, writer
 from comms.errors import RpcFailure
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -26,13 +24,6 @@ log = logging.getLogger(__name__)
 # Violations listed in one error: the message and details travel as gRPC trailers, which
 # clients cap at 8 KiB by default.
 MAX_REPORTED_VIOLATIONS = 20
-# Sent as metadata; the gateway turns it into the HTTP status (and removes it).
-HTTP_CODE_HEADER = "x-http-code"
-# Sent with an error whose gRPC status alone does not say which HTTP error code it is.
-ERROR_CODE_HEADER = "x-error-code"
-IDEMPOTENCY_HEADER = "idempotency-key"
-# How long an idempotency key is remembered (the contract promises at least 24 hours).
-IDEMPOTENCY_RETENTION = dt.timedelta(hours=48)
 
 
 def invalid_argument(violations: list[FieldViolation]) -> RpcFailure:
@@ -95,32 +86,6 @@ def _answers_errors(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-def _idempotency_key(
-    request: pb.CreateSequenceRequest, context: grpc.ServicerContext
-) -> tuple[str, list[FieldViolation]]:
-    """The key from the Idempotency-Key header (idempotency-key metadata) or request_id."""
-    headers = [str(v) for k, v in context.invocation_metadata() if k == IDEMPOTENCY_HEADER]
-    if len(headers) > 1:
-        return "", [FieldViolation("Idempotency-Key", "must be sent at most once")]
-    header = headers[0] if headers else ""
-    if header and request.request_id and header != request.request_id:
-        return "", [
-            FieldViolation("request_id", "must equal the Idempotency-Key header when both are sent")
-        ]
-    if header:
-        return header, validation.idempotency_key_violations("Idempotency-Key", header)
-    # request_id's rules are checked with the rest of the request.
-    return request.request_id, []
-
-
-def _fingerprint(request: pb.CreateSequenceRequest) -> str:
-    """What makes two creates the same request: every field but the key itself."""
-    copy = pb.CreateSequenceRequest()
-    copy.CopyFrom(request)
-    copy.ClearField("request_id")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
-
-
 def _deadline(context: grpc.ServicerContext) -> float:
     """When the caller stops waiting (time.monotonic): its grpc-timeout, or for HTTP callers
     the gateway's route timeout, which Envoy sends as x-envoy-expected-rq-timeout-ms."""
@@ -143,16 +108,8 @@ def _still_wanted(context: grpc.ServicerContext, deadline: float) -> None:
         )
 
 
-def _created(context: grpc.ServicerContext, found: store.Found, replayed: bool) -> pb.Sequence:
-    sequence, steps = found
-    metadata: tuple[tuple[str, str | bytes], ...] = (
-        (HTTP_CODE_HEADER, "201"),
-        ("location", f"/v1/sequences/{sequence['id']}"),
-    )
-    if replayed:
-        metadata += (("idempotent-replayed", "true"),)
-    context.send_initial_metadata(metadata)
-    return convert.sequence_message(sequence, steps)
+_METHODS = pb.DESCRIPTOR.services_by_name["SequenceService"].methods_by_name
+CREATE = "/comms.v1.SequenceService/CreateSequence"
 
 
 class SequenceService(pb_grpc.SequenceServiceServicer):
@@ -167,55 +124,28 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
     ) -> pb.Sequence:
         deadline = _deadline(context)
         auth.require_brand(request.brand_id)
-        key, key_violations = _idempotency_key(request, context)
+        key, key_violations = idempotency.read_key(request, context)
         violations = validation.violations(request) + key_violations
         if violations:
             raise invalid_argument(violations)
-        now = convert.utc_now()
-        sequence, steps = convert.rows_from_request(request, now)
-        caller = hashlib.sha256(auth.current_principal().subject.encode()).hexdigest()
-        fingerprint = _fingerprint(request) if key else ""
+        sequence, steps = convert.rows_from_request(request, convert.utc_now())
+        # Built outside the transaction: on SQLite every transaction runs in the one writer.
+        message = convert.sequence_message(sequence, steps)
+        created = idempotency.Answer(message, httpapi.success_metadata(CREATE, message))
 
-        def store_it() -> Any:
-            """In the transaction: the earlier create with this key, or None once stored."""
-            if key:
-                prior = store.find_idempotency(self._db, caller, request.brand_id, key)
-                if prior is not None and prior["created_at"] < now - IDEMPOTENCY_RETENTION:
-                    store.delete_idempotency(self._db, caller, request.brand_id, key)
-                    prior = None
-                if prior is not None:
-                    return prior
-                # The key row first: a concurrent create with this key waits on it.
-                store.insert_idempotency(
-                    self._db, caller, request.brand_id, key, fingerprint, sequence["id"], now
-                )
+        def store_it() -> idempotency.Answer[pb.Sequence]:
             store.insert_sequence(self._db, sequence, steps)
-            _still_wanted(context, deadline)
-            return None
+            return created
 
-        try:
-            prior = self._transact(store_it)
-        except pw.IntegrityError:
-            if not key:
-                raise
-            # A concurrent create with the same key committed first: answer as it did.
-            with self._db.connection_context():
-                prior = store.find_idempotency(self._db, caller, request.brand_id, key)
-            if prior is None:
-                raise
-        if prior is None:
-            return _created(context, (sequence, steps), replayed=False)
-        if prior["request_hash"] != fingerprint:
-            raise RpcFailure(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the idempotency key {key!r} was already used with a different request",
-                metadata=[(ERROR_CODE_HEADER, "idempotency_key_reused")],
-            )
-        with self._db.connection_context():
-            original = store.get_sequence(self._db, prior["sequence_id"])
-        if original is None:
-            raise RpcFailure(grpc.StatusCode.INTERNAL, "internal error")
-        return _created(context, original, replayed=True)
+        answer, replayed = idempotency.run(
+            self._db,
+            self._transact,
+            idempotency.key_for(key, _METHODS["CreateSequence"].full_name, request),
+            pb.Sequence,
+            store_it,
+            last=lambda: _still_wanted(context, deadline),
+        )
+        return idempotency.respond(context, answer, replayed)
 
     @_answers_errors
     def GetSequence(

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import json_format
 
 from comms import convert, db, store
-from comms.models import IdempotencyRow
+from comms.models import IdempotencyRow, SequenceRow, StepRow
 from comms.server import create_server
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
@@ -319,14 +319,85 @@ def test_same_key_other_body_is_refused(stack: Stack) -> None:
     assert stack.counts() == before
 
 
-def test_keys_are_scoped_to_caller_and_brand(stack: Stack) -> None:
+def test_keys_belong_to_the_caller_not_the_brand(stack: Stack) -> None:
+    """Another caller's key of the same name is its own; the same caller's key is one key
+    whatever the brand, so a create for another brand under it is a reused key."""
     brand, other_brand = _brand(), _brand()
-    ids = {
-        _keyed(stack, brand, "shared").json()["id"],
-        _keyed(stack, brand, "shared", token=stack.keys.token(sub="someone-else")).json()["id"],
-        _keyed(stack, other_brand, "shared").json()["id"],
-    }
-    assert len(ids) == 3
+    mine = _keyed(stack, brand, "shared")
+    theirs = _keyed(stack, brand, "shared", token=stack.keys.token(sub="someone-else"))
+    assert (mine.status, theirs.status) == (201, 201)
+    assert "idempotent-replayed" not in theirs.headers
+    assert mine.json()["id"] != theirs.json()["id"]
+    before = stack.counts()
+    elsewhere = _keyed(stack, other_brand, "shared")
+    assert (elsewhere.status, elsewhere.json()["error"]) == (422, "idempotency_key_reused")
+    assert stack.counts() == before
+
+
+def _alter_behind_the_service(stack: Stack, sequence_id: str) -> None:
+    """Change the stored sequence and its steps directly, as later edits will."""
+    with stack.database.connection_context():
+        SequenceRow.update(name="renamed", updated_at=convert.utc_now()).where(
+            SequenceRow.id == uuid.UUID(sequence_id)
+        ).execute(stack.database)
+        StepRow.update(template_key="changed").where(
+            StepRow.sequence == uuid.UUID(sequence_id)
+        ).execute(stack.database)
+        StepRow.delete().where(
+            StepRow.sequence == uuid.UUID(sequence_id), StepRow.position == 5
+        ).execute(stack.database)
+
+
+def test_replay_is_the_first_answer_byte_for_byte_after_the_sequence_changed(
+    stack: Stack,
+) -> None:
+    brand = _brand()
+    first = _keyed(stack, brand, f"frozen-{brand}")
+    sequence_id = first.json()["id"]
+    _alter_behind_the_service(stack, sequence_id)
+    now = stack.envoy.request("GET", f"/v1/sequences/{sequence_id}").json()
+    assert (now["name"], [s["template_key"] for s in now["steps"]]) == (
+        "renamed",
+        ["changed", "changed"],
+    )
+    before = stack.counts()
+    again = _keyed(stack, brand, f"frozen-{brand}")
+    assert (first.status, again.status) == (201, 201)
+    assert again.body == first.body
+    assert again.headers["location"] == first.headers["location"] == f"/v1/sequences/{sequence_id}"
+    assert again.headers["content-type"] == "application/json"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert stack.counts() == before
+
+
+@pytest.mark.parametrize("route", ["direct", "envoy"])
+def test_grpc_replay_sends_the_first_response_bytes_after_the_sequence_changed(
+    stack: Stack, route: str
+) -> None:
+    brand = _brand()
+    target = stack.grpc_target if route == "direct" else stack.envoy_target
+    # No deserializer: the test sees the bytes on the wire.
+    create = stack.channel(target).unary_unary(
+        "/comms.v1.SequenceService/CreateSequence",
+        request_serializer=pb.CreateSequenceRequest.SerializeToString,
+    )
+    request = json_format.ParseDict(
+        valid_body() | {"brand_id": brand, "request_id": f"wire-{brand}"},
+        pb.CreateSequenceRequest(),
+    )
+    first, first_call = create.with_call(request, timeout=10)
+    sequence_id = pb.Sequence.FromString(first).id
+    _alter_behind_the_service(stack, sequence_id)
+    again, call = create.with_call(request, timeout=10)
+    assert again == first
+    assert ("idempotent-replayed", "true") not in first_call.initial_metadata()
+    replayed = [
+        (k, v) for k, v in call.initial_metadata() if k in {"location", "idempotent-replayed"}
+    ]
+    assert replayed == [
+        ("location", f"/v1/sequences/{sequence_id}"),
+        ("idempotent-replayed", "true"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -362,14 +433,16 @@ def test_bad_keys_are_422(
 def test_grpc_metadata_and_request_id_are_keys_too(stack: Stack, route: str) -> None:
     brand = _brand()
     stub = _stub(stack, route)
-    request = pb.CreateSequenceRequest(brand_id=brand, name="n", request_id="rid-1")
+    # Keys are the caller's, and both routes share one stack: each run uses its own.
+    request = pb.CreateSequenceRequest(brand_id=brand, name="n", request_id=f"rid-{route}")
     first = stub.CreateSequence(request, timeout=10)
     again, call = stub.CreateSequence.with_call(request, timeout=10)
     assert again == first
     assert ("idempotent-replayed", "true") in call.initial_metadata()
     by_header = pb.CreateSequenceRequest(brand_id=brand, name="n")
-    one = stub.CreateSequence(by_header, timeout=10, metadata=[("idempotency-key", "md-1")])
-    two = stub.CreateSequence(by_header, timeout=10, metadata=[("idempotency-key", "md-1")])
+    metadata = [("idempotency-key", f"md-{route}")]
+    one = stub.CreateSequence(by_header, timeout=10, metadata=metadata)
+    two = stub.CreateSequence(by_header, timeout=10, metadata=metadata)
     assert one == two and one.id != first.id
 
 
@@ -425,7 +498,7 @@ def test_expired_keys_are_forgotten(stack: Stack) -> None:
     first = _keyed(stack, brand, "old-key").json()
     with stack.database.connection_context():
         IdempotencyRow.update(created_at=convert.utc_now() - dt.timedelta(hours=49)).where(
-            IdempotencyRow.key == "old-key", IdempotencyRow.brand_id == brand
+            IdempotencyRow.key == "old-key"
         ).execute(stack.database)
     again = _keyed(stack, brand, "old-key")
     assert again.status == 201 and "idempotent-replayed" not in again.headers

@@ -67,18 +67,33 @@ def test_every_http_rule_is_an_operation_with_its_scope() -> None:
     assert ("/v1/sequences", "post", "CreateSequence", "sequences:write") in found
 
 
-def test_every_operation_lists_every_error_the_gateway_sends() -> None:
-    errors = ["400", "401", "403", "404", "405", "408", "413", "422", "431", "500", "503", "504"]
-    for path, operations in DOC["paths"].items():
-        for verb, op in operations.items():
-            success = "201" if op["operationId"] == "CreateSequence" else "200"
-            body = ["415"] if "requestBody" in op else []
-            assert list(op["responses"]) == [success, *sorted(errors + body)], (path, verb)
+def test_each_operation_lists_the_errors_it_can_answer() -> None:
+    gateway_and_auth = ["400", "401", "403", "405", "408", "422", "431", "500", "503", "504"]
+    expected = {
+        ("/v1/sequences", "post"): ["201", *sorted([*gateway_and_auth, "413", "415"])],
+        ("/v1/sequences", "get"): ["200", *gateway_and_auth],
+        ("/v1/sequences/{id}", "get"): ["200", *sorted([*gateway_and_auth, "404"])],
+    }
+    found = {
+        (path, verb): list(op["responses"])
+        for path, operations in DOC["paths"].items()
+        for verb, op in operations.items()
+    }
+    assert found == expected
     responses = DOC["components"]["responses"]
-    assert responses["validation_error"]["content"]["application/json"]["schema"] == {
+    create_422 = DOC["paths"]["/v1/sequences"]["post"]["responses"]["422"]
+    assert create_422["content"]["application/json"]["schema"] == {
         "allOf": [
             {"$ref": "#/components/schemas/Error"},
             {"properties": {"error": {"enum": ["validation_error", "idempotency_key_reused"]}}},
+        ]
+    }
+    listing_422 = DOC["paths"]["/v1/sequences"]["get"]["responses"]["422"]
+    assert listing_422 == {"$ref": "#/components/responses/validation_error"}
+    assert responses["validation_error"]["content"]["application/json"]["schema"] == {
+        "allOf": [
+            {"$ref": "#/components/schemas/Error"},
+            {"properties": {"error": {"enum": ["validation_error"]}}},
         ]
     }
     assert SCHEMAS["Error"]["required"] == ["error", "message"]

@@ -20,13 +20,18 @@ LUA = re.sub(
 )
 
 
+def _checks(document: dict[str, Any], method: str) -> dict[str, Any]:
+    request = getattr(pb, method + "Request").DESCRIPTOR
+    return gateway.operation_checks(document, method, request)
+
+
 @pytest.fixture
 def document() -> dict[str, Any]:
     return json.loads(gateway.openapi_path().read_text())
 
 
 def test_the_required_list_and_each_fields_rule(document: dict[str, Any]) -> None:
-    checks = gateway.path_checks(document, "/v1/sequences")
+    checks = _checks(document, "CreateSequence")
     assert checks["list"] == "steps"
     fields = checks["fields"]
     channels = [v.name for v in pb.Channel.DESCRIPTOR.values if v.number != 0]
@@ -44,7 +49,7 @@ def test_the_required_list_and_each_fields_rule(document: dict[str, Any]) -> Non
     )
     assert fields["steps[]"] == {"name": "steps", "rule": "must be an object"}
     assert fields["brandId"] == {"name": "brand_id", "rule": "must be a string"}
-    assert fields["page_size"] == {
+    assert _checks(document, "ListSequences")["fields"]["page_size"] == {
         "name": "page_size",
         "rule": "must be an integer from 0 to 2147483647",
     }
@@ -56,7 +61,7 @@ def test_a_rule_changed_in_the_document_changes_the_words(document: dict[str, An
     changed["components"]["schemas"]["StepInput"]["properties"]["delay_minutes"].update(
         minimum=5, maximum=10080
     )
-    fields = gateway.path_checks(changed, "/v1/sequences")["fields"]
+    fields = _checks(changed, "CreateSequence")["fields"]
     assert fields["steps[].delay_minutes"]["rule"] == "must be an integer from 5 to 10080"
     assert fields["steps[].position"]["rule"] == "must be an integer from 0 to 2147483647"
 
@@ -64,8 +69,8 @@ def test_a_rule_changed_in_the_document_changes_the_words(document: dict[str, An
 def test_no_required_list_no_list_check(document: dict[str, Any]) -> None:
     changed = copy.deepcopy(document)
     changed["components"]["schemas"]["CreateSequenceRequest"]["required"].remove("steps")
-    assert gateway.path_checks(changed, "/v1/sequences")["list"] is None
-    assert gateway.path_checks(document, "/v1/sequences/{id}") == {"list": None, "fields": {}}
+    assert "list" not in _checks(changed, "CreateSequence")
+    assert _checks(document, "GetSequence") == {}
 
 
 def test_the_lua_states_no_rule_of_its_own() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 import grpc
@@ -10,7 +11,7 @@ import peewee as pw
 import pytest
 from google.protobuf import json_format
 
-from comms import auth, convert, migrations, models, store
+from comms import auth, convert, db, migrations, models, store
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
 from tests.requests import valid_body
@@ -256,3 +257,114 @@ def test_a_caller_gone_before_commit_gets_nothing_stored(
     assert _stored(database) == ([], [])
     with database.connection_context():
         assert models.IdempotencyRow.select().count(database) == 0
+
+
+def _version_2_store(
+    url: str, monkeypatch: pytest.MonkeyPatch, keys: list[tuple[str, str, str, dt.datetime]]
+) -> tuple[pw.Database, pb.Sequence]:
+    """A store as version 2 left it: one sequence created with each (brand, key, name, time),
+    written in version 2's tables as its create wrote them. Returns the database and the
+    answer the first of them got, as version 2 sent it."""
+    database = db.open_database(url)
+    with monkeypatch.context() as patch, database.connection_context():
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        assert migrations.migrate(database) == [1, 2]
+        sequences = pw.Table("sequences").bind(database)
+        steps = pw.Table("steps").bind(database)
+        old_keys = pw.Table("idempotency_keys").bind(database)
+        answers = []
+        for brand, key, name, at in keys:
+            sequence_id, step_ids = convert.new_id(), [convert.new_id(), convert.new_id()]
+            stamp = at.isoformat(" ")  # as peewee writes a datetime on both stores
+            sequences.insert(
+                id=sequence_id.hex, brand_id=brand, name=name, description=None,
+                status="draft", created_at=stamp, updated_at=stamp,
+            ).execute()  # fmt: skip
+            for step_id, position, channel, template, delay in [
+                (step_ids[1], 7, "sms", "later", 60),
+                (step_ids[0], 0, "email", "hello", 0),
+            ]:
+                steps.insert(
+                    id=step_id.hex, sequence_id=sequence_id.hex, position=position,
+                    channel=channel, template_key=template, delay_minutes=delay,
+                ).execute()  # fmt: skip
+            # Version 2's request hash: the request without its key, serialized deterministically.
+            request = json_format.ParseDict(_old_request(brand, name), pb.CreateSequenceRequest())
+            request_hash = hashlib.sha256(request.SerializeToString(deterministic=True))
+            old_keys.insert(
+                caller=hashlib.sha256(CALLER.subject.encode()).hexdigest(),
+                brand_id=brand, key=key, request_hash=request_hash.hexdigest(),
+                sequence_id=sequence_id.hex, created_at=stamp,
+            ).execute()  # fmt: skip
+            answer = json_format.ParseDict(
+                {
+                    "id": str(sequence_id),
+                    "brand_id": brand,
+                    "name": name,
+                    "description": None,
+                    "status": "draft",
+                    "created_at": at.isoformat() + "Z",
+                    "updated_at": at.isoformat() + "Z",
+                    "steps": [
+                        {"id": str(step_ids[0]), "sequence_id": str(sequence_id), "position": 0,
+                         "channel": "email", "template_key": "hello", "delay_minutes": 0},
+                        {"id": str(step_ids[1]), "sequence_id": str(sequence_id), "position": 7,
+                         "channel": "sms", "template_key": "later", "delay_minutes": 60},
+                    ],
+                },
+                pb.Sequence(),
+            )  # fmt: skip
+            answers.append(answer)
+    return database, answers[0]
+
+
+def _old_request(brand: str, name: str, key: str = "") -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "brand_id": brand,
+        "name": name,
+        "steps": [
+            {"position": 7, "channel": "sms", "template_key": "later", "delay_minutes": 60},
+            {"position": 0, "channel": "email", "template_key": "hello", "delay_minutes": 0},
+        ],
+    }
+    return body | ({"request_id": key} if key else {})
+
+
+def test_keys_of_version_2_replay_their_answer_after_the_upgrade(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = dt.datetime(2026, 12, 1, 9, 30, 15, 123456)
+    database, original = _version_2_store(
+        database_url,
+        monkeypatch,
+        [
+            ("brand_a", "kept", "Onboarding", at),
+            # Reused for another brand, as version 2 allowed: the first use keeps the key.
+            ("brand_b", "kept", "Other", at + dt.timedelta(seconds=1)),
+        ],
+    )
+    try:
+        with database.connection_context():
+            assert migrations.migrate(database) == [4]
+            assert "idempotency_keys" not in database.get_tables()
+            # Later edits (the lifecycle branch) must not change the replay.
+            models.SequenceRow.update(name="edited").execute(database)
+        before = _stored(database)
+        replay, context = _create(database, _old_request("brand_a", "Onboarding", "kept"))
+        assert replay.SerializeToString() == original.SerializeToString()
+        assert context.metadata == (
+            ("x-http-code", "201"),
+            ("location", f"/v1/sequences/{original.id}"),
+            ("idempotent-replayed", "true"),
+        )
+        with pytest.raises(grpc.RpcError):
+            _create(database, _old_request("brand_b", "Other", "kept"))
+        status = _Context.last.status
+        assert status is not None
+        assert (status.code, status.details) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the idempotency key 'kept' was already used with a different request",
+        )
+        assert _stored(database) == before
+    finally:
+        database.close_all()
