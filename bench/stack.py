@@ -358,8 +358,10 @@ def running_stack(
     stack has at the end are stopped."""
     servers = [(host, server_port(host)) for host in islice(cycle(hosts), instances)]
     http_port, admin_port = free_port(), free_port()
+    # The operator ports free too, unless settings name them (for a scraper to find).
     env = (
         os.environ
+        | {"COMMS_METRICS_PORT": "0", "COMMS_GATEWAY_METRICS_PORT": "0"}
         | dict(settings or {})
         | {
             "COMMS_HTTP_PORT": str(http_port),

@@ -216,6 +216,8 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
+  -- For the access log: the caller's method, before the transcoder makes it POST.
+  handle:streamInfo():dynamicMetadata():set(NS, "method", headers:get(":method"))
   -- Remember the caller kind: transcoded responses (and requests, once past
   -- the transcoder) also carry application/grpc, so later stages cannot tell.
   -- local_reply_config reads it too.
@@ -302,6 +304,11 @@ function envoy_on_response(handle)
 
   -- HTTP callers never see gRPC framing headers, on success or error.
   local grpc_status = headers:get("grpc-status")
+  -- For the access log, which cannot see it once removed: the server's status
+  -- (none for Envoy's own replies, which carry no upstream service time).
+  if grpc_status or headers:get("x-envoy-upstream-service-time") then
+    handle:streamInfo():dynamicMetadata():set(NS, "grpc_status", tonumber(grpc_status or "0"))
+  end
   local grpc_message = headers:get("grpc-message") or ""
   for _, name in ipairs({"grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-accept-encoding"}) do
     headers:remove(name)

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import jwt
 
-from comms import devkeys, httpapi
+from comms import calls, devkeys, httpapi
 from comms.config import ConfigError, Settings
 from comms.errors import RpcFailure
 
@@ -394,6 +394,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 principal = self._authorize(context.invocation_metadata(), scope)
             except RpcFailure as refusal:
                 context.abort_with_status(refusal.status)
+            calls.note_subject(principal.subject)
             with serving_as(principal):
                 return serve(request, context)
 

@@ -22,7 +22,10 @@ from comms import (
     devkeys,
     gateway,
     housekeeping,
+    logs,
+    metrics,
     migrations,
+    tracing,
 )
 from comms.server import Server, create_server
 
@@ -52,6 +55,7 @@ def _start_server(settings: config.Settings) -> Server:
             settings.grpc_workers,
             settings.max_in_flight,
             max_connections=settings.max_connections,
+            tracer_provider=tracing.provider_from_env(),
         )
     except RuntimeError as error:
         raise SystemExit(f"comms: cannot listen on {address}: {error}") from None
@@ -62,6 +66,7 @@ def _start_server(settings: config.Settings) -> Server:
         " (every interface, IPv4 and IPv6)" if settings.bind_host in ("0.0.0.0", "::") else "",
         db.describe(settings.resolved_database_url),
     )
+    _serve_metrics(settings)
     return server
 
 
@@ -78,6 +83,19 @@ def _allow_descriptors(connections: int) -> None:
             soft,
             connections,
         )
+
+
+def _serve_metrics(settings: config.Settings) -> None:
+    """/metrics for every server process, from this one (the first, or their parent)."""
+    try:
+        served = metrics.serve(settings.bind_host, settings.metrics_port)
+    except OSError as error:
+        address = config.address(settings.bind_host, settings.metrics_port)
+        raise SystemExit(f"comms: cannot serve metrics on {address}: {error}") from None
+    log.info(
+        "Prometheus metrics on http://%s/metrics",
+        config.address(_reachable(settings.bind_host), served.server_port),
+    )
 
 
 def _stop_event() -> threading.Event:
@@ -142,6 +160,10 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
             bound,
             settings.admin_port,
         )
+        stats = gateway.bound_address(settings.admin_port, envoy, listener="operator")
+        log.info(
+            "Envoy's Prometheus stats on http://%s/stats/prometheus", _reachable_address(stats)
+        )
     else:
         log.error(
             "Envoy did not report its listener ready (Envoy admin on 127.0.0.1:%d)",
@@ -174,6 +196,12 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
     server.stop(settings.drain_seconds)
     log.info("stopped")
     return 1 if died is not None else 0
+
+
+def _reachable_address(bound: str) -> str:
+    """host:port as a local client reaches it."""
+    host, _, port = bound.rpartition(":")
+    return config.address(_reachable(host.strip("[]")), int(port))
 
 
 def _reachable(host: str) -> str:
@@ -255,9 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load(os.environ, flags)
     except config.ConfigError as error:
         parser.exit(2, f"comms: {error}\n")
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     grpc_logger = logging.getLogger("grpc")
     grpc_logger.setLevel(max(logging.WARNING, grpc_logger.getEffectiveLevel()))
     handler, _ = COMMANDS[args.command]

@@ -121,6 +121,26 @@ class Settings:
         commands=_GATEWAYS,
         metavar="PORT",
     )
+    # Operator ports, on the same address as the public ones: Prometheus scrapes them from
+    # another host in production; they hold no data, only counts and times.
+    metrics_port: int = _setting(
+        9464,
+        "COMMS_METRICS_PORT",
+        _port,
+        "the server's Prometheus /metrics",
+        flag="--metrics-port",
+        commands=_SERVERS,
+        metavar="PORT",
+    )
+    gateway_metrics_port: int = _setting(
+        9465,
+        "COMMS_GATEWAY_METRICS_PORT",
+        _port,
+        "Envoy's stats for Prometheus, /stats/prometheus",
+        flag="--gateway-metrics-port",
+        commands=_GATEWAYS,
+        metavar="PORT",
+    )
     # Unset: loopback in development, so `make run` is not reachable from the network.
     bind_host: str = _setting(
         EVERY_INTERFACE,
@@ -199,6 +219,12 @@ class Settings:
         default_text="10",
     )
     log_level: str = _setting("INFO", "COMMS_LOG_LEVEL", str.upper, "Python log level")
+    log_format: str = _setting(
+        "auto",
+        "COMMS_LOG_FORMAT",
+        _choice("auto", "json", "plain"),
+        "the server's log lines: json, plain, or auto (plain when stderr is a terminal)",
+    )
     environment: str = _setting(
         "production",
         "COMMS_ENV",

@@ -155,6 +155,44 @@ def operation_checks(document: dict[str, Any], method: str, body_type: Any) -> d
     return {k: v for k, v in checks.items() if v}
 
 
+# Envoy's access log line, one JSON object per request on its stdout. The method and path
+# are the caller's (comms.lua keeps the method; the transcoder rewrites it to POST and the
+# path to /comms.v1.SequenceService/..., keeping the original in x-envoy-original-path);
+# the status is the one the client got, after comms.lua.
+ACCESS_LINE = {
+    "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+    "source": "envoy",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "caller": "%DYNAMIC_METADATA(comms.gateway:caller)%",
+    "method": "%DYNAMIC_METADATA(comms.gateway:method)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+}
+
+
+# spdlog's pattern: %j is the message JSON-escaped, %z the UTC offset.
+ENVOY_LOG_FORMAT = (
+    '{"time":"%Y-%m-%dT%T.%e%z","level":"%l","logger":"envoy.%n","message":"%j","source":"envoy"}'
+)
+
+
+def access_line(caller: str) -> str:
+    """The access log's json_format for a kind of caller, as YAML flow (JSON is YAML). An
+    HTTP caller's answer no longer holds the grpc-status that Envoy's operator reads (the
+    gateway removes it), so comms.lua keeps it in dynamic metadata instead."""
+    line = dict(ACCESS_LINE)
+    if caller == "http":
+        line["grpc_status"] = "%DYNAMIC_METADATA(comms.gateway:grpc_status)%"
+    return json.dumps(line)
+
+
 def _document() -> dict[str, Any]:
     return dict(json.loads(openapi_path().read_text()))
 
@@ -236,6 +274,9 @@ def render(settings: Settings) -> str:
         admin_port=settings.admin_port,
         upstream_endpoints=_endpoints(settings.gateway_upstreams),
         upstream_type=_cluster_type(settings.gateway_upstreams),
+        gateway_metrics_port=settings.gateway_metrics_port,
+        http_access_line=access_line("http"),
+        grpc_access_line=access_line("grpc"),
         descriptor_path=descriptor_path(),
         openapi_path=openapi_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
@@ -261,9 +302,11 @@ def write_config(settings: Settings, directory: Path) -> Path:
     return path
 
 
-def bound_address(admin_port: int, envoy: subprocess.Popen[bytes], timeout: float = 30) -> str:
-    """Where the public listener is bound, as Envoy's admin reports it once Envoy is ready;
-    "" if Envoy exits or is not ready within timeout."""
+def bound_address(
+    admin_port: int, envoy: subprocess.Popen[bytes], timeout: float = 30, listener: str = "public"
+) -> str:
+    """Where a listener (the public one, or the operator one) is bound, as Envoy's admin
+    reports it once Envoy is ready; "" if Envoy exits or is not ready within timeout."""
     admin = f"http://127.0.0.1:{admin_port}"
     deadline = time.monotonic() + timeout
     while envoy.poll() is None and time.monotonic() < deadline:
@@ -272,7 +315,7 @@ def bound_address(admin_port: int, envoy: subprocess.Popen[bytes], timeout: floa
                 pass  # 200: listening; a 503 (not yet) raises
             with urllib.request.urlopen(f"{admin}/listeners?format=json", timeout=1) as answer:
                 listeners = json.load(answer)["listener_statuses"]
-            bound = next(each for each in listeners if each["name"] == "public")
+            bound = next(each for each in listeners if each["name"] == listener)
             socket = bound["local_address"]["socket_address"]
             return address(socket["address"], socket["port_value"])
         except (OSError, ValueError, KeyError, StopIteration):
@@ -298,4 +341,10 @@ def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
         "--disable-hot-restart",
         "--log-level",
         log_level,
+        # Envoy's own diagnostics (its stderr) as JSON lines too, told apart by "source".
+        "--log-format",
+        ENVOY_LOG_FORMAT,
+        # The access log reaches stdout within a second (Envoy's default: ten).
+        "--file-flush-interval-msec",
+        "1000",
     ]

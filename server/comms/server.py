@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from typing import Any
 
 import grpc
 import peewee as pw
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from comms import gateway
+from comms import gateway, tracing
 from comms.auth import AuthInterceptor, TokenVerifier
+from comms.calls import CallInterceptor
 from comms.config import Settings
 from comms.service import SequenceService
 from comms.unparsable import RefuseUnparsable
@@ -32,15 +34,25 @@ MAX_METADATA_BYTES = 3 * gateway.MAX_HEADERS_KIB * 1024
 class Server:
     """A started gRPC server and the health service that tells Envoy and callers it serves."""
 
-    def __init__(self, grpc_server: grpc.Server, port: int, health: health.HealthServicer) -> None:
+    def __init__(
+        self,
+        grpc_server: grpc.Server,
+        port: int,
+        health: health.HealthServicer,
+        tracer_provider: Any = None,
+    ) -> None:
         self.grpc = grpc_server
         self.port = port
         self._health = health
+        self._tracer_provider = tracer_provider
 
     def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within grace seconds."""
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within grace seconds;
+        then export the spans still buffered."""
         self._health.enter_graceful_shutdown()
         self.grpc.stop(grace).wait()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
 
 
 def create_server(
@@ -50,6 +62,7 @@ def create_server(
     workers: int = 16,
     max_in_flight: int | None = None,
     max_connections: int = Settings.max_connections,
+    tracer_provider: Any = None,
 ) -> Server:
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
     needs a token that verifier accepts; health and reflection stay open.
@@ -61,10 +74,15 @@ def create_server(
     A port another process holds is an error, not a silent share (no SO_REUSEPORT): each
     server instance is one process on one address, and the gateway lists them all.
 
-    Past max_connections open connections a new one is closed at once."""
+    Past max_connections open connections a new one is closed at once.
+
+    Every call gets a request id, a log line and its metrics (calls.py), and with an
+    OpenTelemetry tracer_provider a span too."""
+    calls = CallInterceptor(database)
+    traced = [tracing.server_interceptor(tracer_provider)] if tracer_provider else []
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-        interceptors=[AuthInterceptor(verifier), RefuseUnparsable()],
+        interceptors=[calls, *traced, AuthInterceptor(verifier), RefuseUnparsable()],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -73,6 +91,7 @@ def create_server(
         ],
         maximum_concurrent_rpcs=max_in_flight or 8 * workers,
     )
+    calls.watch(grpc_server)
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -83,4 +102,4 @@ def create_server(
     grpc_server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(grpc_server, port, health_servicer)
+    return Server(grpc_server, port, health_servicer, tracer_provider)

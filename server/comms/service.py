@@ -21,6 +21,7 @@ from comms import (
     httpapi,
     idempotency,
     lifecycle,
+    metrics,
     paging,
     store,
     validation,
@@ -117,6 +118,7 @@ def _answers_errors(handler: Handler) -> Handler:
             context.abort_with_status(failure.status)
         except (pw.OperationalError, pw.InterfaceError) as error:
             log.warning("%s: store unavailable: %s", handler.__name__, _what_failed(error))
+            metrics.STORE_ERRORS.labels(type(error).__name__).inc()
             unavailable = RpcFailure(
                 grpc.StatusCode.UNAVAILABLE, "the store is unavailable; retry later"
             )

@@ -17,11 +17,14 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import peewee as pw
+
+from comms import metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def transactions(database: pw.Database) -> Callable[[Callable[[], Any]], Any]:
         return GroupCommit(database)
 
     def run(work: Callable[[], Any]) -> Any:
-        with database.connection_context(), database.atomic():
+        with _measured(1), database.connection_context(), database.atomic():
             return work()
 
     return run
@@ -69,7 +72,12 @@ class GroupCommit:
     def _commit(self, batch: list[tuple[Callable[[], Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            with _locked(self._lock), self._db.connection_context(), self._db.atomic():
+            with (
+                _measured(len(batch)),
+                _locked(self._lock),
+                self._db.connection_context(),
+                self._db.atomic(),
+            ):
                 for work, done in batch:
                     try:
                         with self._db.atomic():  # a savepoint: a failure undoes only this work
@@ -97,6 +105,17 @@ class GroupCommit:
     def _fail(batch: list[tuple[Callable[[], Any], Future[Any]]], error: BaseException) -> None:
         for _, done in batch:
             done.set_exception(error)
+
+
+@contextlib.contextmanager
+def _measured(creates: int) -> Iterator[None]:
+    """A write transaction's size and time, committed or not, for the metrics."""
+    metrics.BATCH_SIZE.observe(creates)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
 
 
 @contextlib.contextmanager

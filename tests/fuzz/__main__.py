@@ -35,6 +35,8 @@ def main() -> int:
             "COMMS_HTTP_PORT": str(http_port),
             "COMMS_GRPC_PORT": str(free_port()),
             "COMMS_ADMIN_PORT": str(free_port()),
+            "COMMS_METRICS_PORT": "0",
+            "COMMS_GATEWAY_METRICS_PORT": "0",
             "COMMS_BIND_HOST": "127.0.0.1",
             "COMMS_DATA_DIR": tmp,
             "COMMS_DATABASE_URL": f"sqlite:///{tmp}/comms.db",

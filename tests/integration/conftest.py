@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -44,9 +45,15 @@ class Envoy:
     default_headers: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, settings: Settings) -> Envoy:
+    def start(cls, settings: Settings, access_log: Path | None = None) -> Envoy:
+        """Envoy for settings; its access log (stdout) to the file access_log if given."""
         config = gateway.write_config(settings, settings.data_dir)
-        process = subprocess.Popen(gateway.envoy_command(config), stderr=subprocess.PIPE)
+        with open(access_log or os.devnull, "ab") as stdout:
+            process = subprocess.Popen(
+                gateway.envoy_command(config),
+                stdout=stdout if access_log else None,
+                stderr=subprocess.PIPE,
+            )
         envoy = cls(settings, process)
         envoy.wait_ready()
         return envoy
@@ -166,7 +173,11 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 def gateway_settings(tmp: Path, grpc_port: int) -> Settings:
     return Settings(
-        http_port=free_port(), admin_port=free_port(), grpc_port=grpc_port, data_dir=tmp
+        http_port=free_port(),
+        admin_port=free_port(),
+        gateway_metrics_port=free_port(),
+        grpc_port=grpc_port,
+        data_dir=tmp,
     )
 
 

@@ -15,8 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,8 +34,10 @@ COMMS = str(Path(sys.executable).parent / "comms")
 class Running:
     """A `comms` process whose log lines are collected as it writes them."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen([COMMS, *argv], env=env, stderr=subprocess.PIPE, text=True)
+    def __init__(self, argv: list[str], env: dict[str, str], stdout: Any = None) -> None:
+        self.process = subprocess.Popen(
+            [COMMS, *argv], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -50,8 +54,10 @@ class Running:
             time.sleep(0.05)
 
     def messages(self) -> list[str]:
-        """The log lines without their time stamps: 'LEVEL logger: message'."""
-        return [line.split(" ", 2)[2] for line in self.lines if line[:2] == "20"]
+        """The server's log lines (JSON, as its stderr is no terminal) as 'LEVEL logger:
+        message', without their time stamps."""
+        records = [json.loads(line) for line in self.lines if line.startswith("{")]
+        return [f"{r['level']} {r['logger']}: {r['message']}" for r in records]
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
@@ -64,7 +70,8 @@ class Running:
 
 def _env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMMS_")}
-    return env | settings
+    # Free operator ports: the defaults may be taken on a shared machine.
+    return env | {"COMMS_METRICS_PORT": "0", "COMMS_GATEWAY_METRICS_PORT": "0"} | settings
 
 
 def _listening(port: int) -> set[str]:
@@ -81,6 +88,11 @@ def _listening(port: int) -> set[str]:
                 mapped = getattr(address, "ipv4_mapped", None)
                 found.add(str(mapped or address))
     return found
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return str(answer.read().decode())
 
 
 def _mode(path: Path) -> int:
@@ -105,10 +117,12 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
 ) -> None:
     data = loose_data_dir
     http_port, grpc_port, admin_port = free_port(), free_port(), free_port()
+    metrics_port, stats_port = free_port(), free_port()
     up = Running(
         [
             *("up", "--data-dir", str(data), "--http-port", str(http_port)),
             *("--grpc-port", str(grpc_port), "--admin-port", str(admin_port)),
+            *("--metrics-port", str(metrics_port), "--gateway-metrics-port", str(stats_port)),
         ],
         _env(COMMS_ENV="development", COMMS_HTTP_PORT="1", COMMS_GRPC_PORT="2"),
     )
@@ -122,9 +136,12 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
             f"WARNING comms.datadir: {data / devkeys.JWKS_FILE} was mode 644, readable by others: now 600",
             f"INFO comms: gRPC server listening on 127.0.0.1:{grpc_port} (store: sqlite:///{data / 'comms.db'})",
             f"INFO comms: HTTP gateway listening on http://127.0.0.1:{http_port} (Envoy admin on 127.0.0.1:{admin_port})",
+            f"INFO comms: Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics",
+            f"INFO comms: Envoy's Prometheus stats on http://127.0.0.1:{stats_port}/stats/prometheus",
         ]:
             assert expected in messages
-        assert (_listening(http_port), _listening(grpc_port)) == ({"127.0.0.1"}, {"127.0.0.1"})
+        listening = [_listening(port) for port in (http_port, grpc_port, metrics_port, stats_port)]
+        assert listening == [{"127.0.0.1"}] * 4
 
         token = devkeys.mint_token(data, ["sequences:write"])
         connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
@@ -134,20 +151,29 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
         answer = connection.getresponse()
         assert (answer.status, json.loads(answer.read())["name"]) == (201, "Private")
         connection.close()
+        created = 'comms_rpc_requests_total{code="OK",method="comms.v1.SequenceService/CreateSequence"} 1.0'
+        assert created in _get(f"http://127.0.0.1:{metrics_port}/metrics").splitlines()
+        stats = _get(f"http://127.0.0.1:{stats_port}/stats/prometheus")
+        assert (
+            'envoy_http_downstream_rq_xx{envoy_response_code_class="2",envoy_http_conn_manager_prefix="comms"} 1'
+            in stats
+        )
 
         assert _mode(data) == 0o700
         files = {path.name: _mode(path) for path in data.iterdir()}
         assert {"comms.db-wal", "comms.db-shm", f"envoy-{http_port}.yaml"} <= files.keys()
         assert files == dict.fromkeys(files, 0o600)
     finally:
-        assert up.stop() == 0
+        code = up.stop()
+        assert code == 0, up.lines
     names = sqlite3.connect(data / "comms.db").execute("SELECT name FROM sequences").fetchall()
     assert names == [("Private",)]
 
 
-def _health(channel: grpc.Channel) -> int:
+def _health(channel: grpc.Channel, metadata: Any = None) -> int:
     request = health_pb2.HealthCheckRequest()
-    return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=3).status)
+    stub = health_pb2_grpc.HealthStub(channel)
+    return int(stub.Check(request, timeout=3, metadata=metadata).status)
 
 
 def _fresh_channel(port: int) -> grpc.Channel:
@@ -197,3 +223,27 @@ def test_production_binds_every_interface_and_caps_connections(tmp_path: Path, k
         for sock in idle:
             sock.close()
         assert serve.stop() == 0
+
+
+def test_the_standard_otel_variables_turn_traces_on(tmp_path: Path) -> None:
+    """With OTEL_TRACES_EXPORTER=console each call's span is printed (on stdout), the
+    caller's traceparent its parent; the buffered spans are exported when the server stops."""
+    port, trace_id, parent = free_port(), "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    spans = tmp_path / "spans.json"
+    with spans.open("w") as out:
+        serve = Running(
+            ["serve", "--grpc-port", str(port), "--data-dir", str(tmp_path)],
+            _env(COMMS_ENV="development", OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="c1"),
+            stdout=out,
+        )
+        try:
+            serve.wait_for("gRPC server listening")
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                metadata = [("traceparent", f"00-{trace_id}-{parent}-01")]
+                assert _health(channel, metadata) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            assert serve.stop() == 0
+    text = spans.read_text()
+    assert '"name": "/grpc.health.v1.Health/Check"' in text, text
+    assert f'"trace_id": "0x{trace_id}"' in text and f'"parent_id": "0x{parent}"' in text
+    assert '"service.name": "c1"' in text

@@ -46,7 +46,7 @@ def _split_http(text: str) -> tuple[str, set[str], str]:
 
 
 def test_the_readme_has_its_examples() -> None:
-    assert len(EXAMPLES) == 12
+    assert len(EXAMPLES) == 13
     assert len(PYTHON_EXAMPLES) == 1
 
 

@@ -41,6 +41,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         "COMMS_GRPC_PORT": str(port),
         "COMMS_DATA_DIR": str(tmp_path),
         "COMMS_ENV": "development",
+        "COMMS_METRICS_PORT": "0",
     }
     for name in ("COMMS_DATABASE_URL", "COMMS_AUTH_JWKS_PATH"):
         env.pop(name, None)

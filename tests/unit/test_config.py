@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,9 +22,16 @@ def test_the_gateway_forwards_to_the_listed_upstreams_else_the_local_server() ->
     assert load({"COMMS_GRPC_PORT": "6000"}).gateway_upstreams == (("127.0.0.1", 6000),)
 
 
+def _comms_cluster(settings: Any) -> Any:
+    """The rendered cluster of the gRPC servers (beside it: the admin interface's)."""
+    clusters = yaml.safe_load(gateway.render(settings))["static_resources"]["clusters"]
+    (cluster,) = [c for c in clusters if c["name"] == "comms_grpc"]
+    return cluster
+
+
 def test_each_upstream_is_an_endpoint_of_the_cluster() -> None:
     settings = load({"COMMS_UPSTREAMS": "127.0.0.2:6001,comms.internal:6002"})
-    (cluster,) = yaml.safe_load(gateway.render(settings))["static_resources"]["clusters"]
+    cluster = _comms_cluster(settings)
     (locality,) = cluster["load_assignment"]["endpoints"]
     assert [e["endpoint"]["address"]["socket_address"] for e in locality["lb_endpoints"]] == [
         {"address": "127.0.0.2", "port_value": 6001},
@@ -35,7 +43,7 @@ def test_each_upstream_is_an_endpoint_of_the_cluster() -> None:
     }
     assert cluster["outlier_detection"]["consecutive_gateway_failure"] == 3
     addresses = load({"COMMS_UPSTREAMS": "127.0.0.2:6001,[::1]:6002"})
-    (cluster,) = yaml.safe_load(gateway.render(addresses))["static_resources"]["clusters"]
+    cluster = _comms_cluster(addresses)
     assert cluster["type"] == "STATIC"
 
 
