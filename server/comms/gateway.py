@@ -38,6 +38,23 @@ MAX_HEADERS_KIB = 32
 MAX_HEADERS_COUNT = 100
 # How long an API route waits for the server.
 ROUTE_TIMEOUT = "15s"
+# A call that never reached a server (its connection refused or reset before the request was
+# sent: a server just killed, not yet set aside) is tried once more on another one. Nothing
+# that reached a server is ever retried: a create is not idempotent without a key.
+RETRY_UNSENT = {
+    "retry_on": "connect-failure,refused-stream",
+    "num_retries": 1,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
 _OFF = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
 
 
@@ -230,7 +247,11 @@ def api_routes(methods: Iterable[httpapi.Method] = ()) -> list[dict[str, Any]]:
             routes.append(
                 {
                     "match": match | {"headers": [verb]},
-                    "route": {"cluster": "comms_grpc", "timeout": ROUTE_TIMEOUT},
+                    "route": {
+                        "cluster": "comms_grpc",
+                        "timeout": ROUTE_TIMEOUT,
+                        "retry_policy": RETRY_UNSENT,
+                    },
                     "metadata": {"filter_metadata": {"envoy.filters.http.lua": lua}},
                 }
             )
@@ -274,6 +295,7 @@ def render(settings: Settings) -> str:
         admin_port=settings.admin_port,
         upstream_endpoints=_endpoints(settings.gateway_upstreams),
         upstream_type=_cluster_type(settings.gateway_upstreams),
+        retry_unsent=json.dumps(RETRY_UNSENT),
         gateway_metrics_port=settings.gateway_metrics_port,
         http_access_line=access_line("http"),
         grpc_access_line=access_line("grpc"),

@@ -39,7 +39,6 @@ UNAVAILABLE = {
     "message": "the comms service is unavailable, try again later",
 }
 STORE_UNAVAILABLE = {"error": "unavailable", "message": "the store is unavailable; retry later"}
-RETRIES = "cluster.comms_grpc.upstream_rq_retry"
 
 
 @pytest.fixture(params=STORES)
@@ -137,7 +136,6 @@ def test_kill_9_of_the_server_loses_no_acknowledged_create(start_stack: StartSta
     assert _bodies(answers, "503") <= {str(UNAVAILABLE)}
     _check(stack, answers)
     assert stack.envoy.pid == envoy
-    assert faults.envoy_stat(stack.admin_port, RETRIES) == 0
 
 
 def test_kill_9_of_one_server_instance_loses_no_acknowledged_create(

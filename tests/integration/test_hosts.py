@@ -99,8 +99,8 @@ def test_with_one_host_killed_the_other_answers_and_the_first_comes_back(stack: 
     before = _creates(stack, "before", 10)
     faults.crash(stack.processes[0])
     # Until Envoy sets it aside (after 3 refused calls in a row, or 3 missed health
-    # checks), a call sent to the dead host is answered 503: nothing was stored, and a
-    # client retries.
+    # checks), a call sent to the dead host is refused before it is sent and tried on the
+    # other host; one already on a connection to it as it died is 503 (nothing stored).
     during = _creates(stack, "during", 10)
     _wait_until(lambda: not _hosts(stack)[killed][0], f"{killed} unhealthy")
     alone = _creates(stack, "alone", 20)
