@@ -152,8 +152,9 @@ def operation_checks(document: dict[str, Any], method: str, body_type: Any) -> d
     operation: dict[str, Any] = next((o for o in operations if o.get("operationId") == method), {})
     for parameter in operation.get("parameters", []):
         if parameter["in"] == "query":
-            name = parameter["name"]
-            fields[name] = {"name": name, "rule": _wording(parameter["schema"])}
+            # A repeated parameter (status=a&status=b) is judged value by value.
+            name, schema = parameter["name"], parameter["schema"]
+            fields[name] = {"name": name, "rule": _wording(schema.get("items", schema))}
     lists: list[str] = []
     if "requestBody" in operation:
         body = resolved(operation["requestBody"]["content"]["application/json"]["schema"])

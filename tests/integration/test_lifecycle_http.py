@@ -298,10 +298,22 @@ def test_list_filters_by_status_and_deleted(stack: Stack) -> None:
     assert listed("&show_deleted=true") == [gone["id"], active["id"], draft["id"]]
     assert listed("&status=active&status=paused") == [active["id"]]
     assert listed("&status=draft&show_deleted=true") == [gone["id"], draft["id"]]
-    response = _get(stack, f"/v1/sequences?brand_id={brand}&status=live")
-    assert response.status == 422
-    assert response.json()["error"] == "validation_error"
-    assert response.json()["message"].startswith("status")
+    response = _get(stack, f"/v1/sequences?brand_id={brand}&status=draft&status=live")
+    assert (response.status, response.json()) == (
+        422,
+        {
+            "error": "validation_error",
+            "message": 'status: must be one of draft, active, paused, archived (got "live")',
+        },
+    )
+    response = _get(stack, f"/v1/sequences?brand_id={brand}&show_deleted=maybe")
+    assert (response.status, response.json()) == (
+        422,
+        {
+            "error": "validation_error",
+            "message": 'show_deleted: must be true or false (got "maybe")',
+        },
+    )
 
 
 def test_a_retried_move_replays_its_first_answer(stack: Stack) -> None:
