@@ -278,6 +278,7 @@ def render(settings: Settings) -> str:
         http_access_line=access_line("http"),
         grpc_access_line=access_line("grpc"),
         descriptor_path=descriptor_path(),
+        transcoded_services=json.dumps(list(httpapi.SERVICES)),
         openapi_path=openapi_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
         max_body_bytes=MAX_BODY_BYTES,
