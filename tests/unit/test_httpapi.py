@@ -226,6 +226,7 @@ def test_the_rendered_routes_follow_the_http_rules(tmp_path: Path) -> None:
         "/healthz": "GET",
         "/readyz": "GET",
         "/openapi.json": "GET, HEAD",
+        **dict.fromkeys(gateway.DOCS, "GET, HEAD"),
     }
     assert routes.index(refused[0]) > routes.index(rpc[-1])
     # Local replies name their words from the table (an unknown ${word_...} fails to render).
