@@ -251,16 +251,13 @@ def api_routes(methods: Iterable[httpapi.Method] = ()) -> list[dict[str, Any]]:
 
 
 def docs_file(name: str) -> Path:
-    """A file of DOCS: our page (gateway/), or one of Swagger UI's, where pip put it."""
-    if name == "docs.html":
-        return GATEWAY_DIR / name
-    import swagger_ui_bundle  # type: ignore[import-untyped]  # (it ships no hints)
-
-    return Path(str(swagger_ui_bundle.swagger_ui_path)) / name
+    """A file of DOCS: our page (gateway/), or one of Swagger UI's, which the build copies
+    beside the generated code (tools/protogen.py)."""
+    return GATEWAY_DIR / name if name == "docs.html" else _generated(name)
 
 
 # GET /docs: the API reference page and what it loads, each a file read when Envoy starts:
-# Swagger UI from the installed swagger-ui-bundle package, never from a CDN.
+# Swagger UI as the build vendored it, never from a CDN.
 DOCS = {
     "/docs": ("docs.html", "text/html; charset=utf-8"),
     "/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
@@ -273,8 +270,6 @@ def docs_routes() -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = []
     for path, (name, content_type) in DOCS.items():
         file = docs_file(name)
-        if not file.is_file():
-            raise FileNotFoundError(f"{file} is missing: reinstall (make build)")
         verbs = {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
         header = {"key": "Content-Type", "value": content_type}
         routes.append(

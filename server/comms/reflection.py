@@ -47,6 +47,20 @@ def _v1_file() -> descriptor_pb2.FileDescriptorProto:
     return file
 
 
+def _as_served(file: descriptor_pb2.FileDescriptorProto) -> bytes:
+    """The file without the json_name protoc writes on every field: the JSON of this API uses
+    the proto's field names (brand_id), and grpcurl prints a json_name when it is given
+    (brandId), as the descriptors of a pool never give it."""
+    file = descriptor_pb2.FileDescriptorProto.FromString(file.SerializeToString())
+    messages = list(file.message_type)
+    while messages:
+        message = messages.pop()
+        messages.extend(message.nested_type)
+        for field in message.field:
+            field.ClearField("json_name")
+    return file.SerializeToString()
+
+
 class Reflection(reflection.ReflectionServicer):
     """grpcio-reflection's servicer over a pool of the built proto (with its source info),
     grpc.health.v1 and both reflection versions."""
@@ -62,7 +76,7 @@ class Reflection(reflection.ReflectionServicer):
         for file in [*built.file, *others, _v1_file()]:  # each after its imports
             pool.Add(file)
         super().__init__(list(service_names), pool=pool)
-        self._sourced = {file.name: file.SerializeToString() for file in built.file}
+        self._sourced = {file.name: _as_served(file) for file in built.file}
 
     def ServerReflectionInfo(
         self, request_iterator: Any, context: grpc.ServicerContext
