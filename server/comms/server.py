@@ -1,4 +1,5 @@
-"""The gRPC server: SequenceService, health and reflection on one port."""
+"""The gRPC server: SequenceService, the HTTP probes (comms.v1.HealthService), grpc.health.v1
+and reflection on one port."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from comms.service import SequenceService
 from comms.unparsable import RefuseUnparsable
 from comms.v1 import health_pb2_grpc as comms_health_pb2_grpc
 from comms.v1 import sequences_pb2 as pb
-from comms.v1 import sequences_pb2_grpc
+from comms.v1 import sequences_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def create_server(
         maximum_concurrent_rpcs=max_in_flight or 8 * workers,
     )
     calls.watch(grpc_server)
-    sequences_pb2_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
+    pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     probes = HealthService(database, health_servicer, SERVICE_NAME)
