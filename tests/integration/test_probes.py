@@ -66,10 +66,16 @@ def test_with_the_store_down_the_server_is_alive_but_not_ready(
 
 
 def test_a_draining_server_is_not_ready(storeless: tuple[Any, Envoy]) -> None:
-    """The status the gateway's health checks read, straight over gRPC: NOT_SERVING (as
-    after SIGTERM) makes readiness UNAVAILABLE before the store is asked."""
-    server, _ = storeless
+    """The grpc.health.v1 status the gateway's health checks read, NOT_SERVING (as after
+    SIGTERM), makes readiness UNAVAILABLE before the store is asked: over HTTP through Envoy
+    and straight over gRPC; liveness still answers."""
+    server, envoy = storeless
     server._health.enter_graceful_shutdown()  # what Server.stop does first
+    ready = envoy.request("GET", "/readyz", headers=ANONYMOUS)
+    assert (ready.status, ready.json()) == (
+        503,
+        {"error": "unavailable", "message": "the server is not serving"},
+    )
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         probes = pb_grpc.HealthServiceStub(channel)
         assert probes.GetLiveness(pb.GetLivenessRequest(), timeout=5).status == "alive"
