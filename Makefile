@@ -62,7 +62,8 @@ $(STAMP): $(BASE)
 # The dev install and everything generated from proto/.
 build: $(STAMP) generate
 
-# The stubs, the descriptor set Envoy loads and the OpenAPI document, into server/comms/v1 by
+# The stubs, the descriptor set Envoy loads, the OpenAPI document and Swagger UI's files
+# (GET /docs), into server/comms/v1 by
 # tools/protogen.py (as a wheel's build does; never committed; openapi/openapi.json is a
 # checked copy, see `make openapi`).
 generate: $(GEN)/openapi.json

@@ -1,11 +1,13 @@
 """Everything generated from proto/: the Python stubs (comms/v1/*_pb2*.py and .pyi), the
 descriptor set Envoy loads (comms/v1/api.binpb) and the OpenAPI document the gateway serves
-(comms/v1/openapi.json). Never committed; made in one place for both ways a checkout is built:
+(comms/v1/openapi.json), with Swagger UI's files beside it for GET /docs. Never committed;
+made in one place for both ways a checkout is built:
 
     python tools/protogen.py server     `make build`, into the tree the editable install uses
     setup.py's build_py                 a wheel, into its build directory
 
-It needs grpcio-tools, googleapis-common-protos and protovalidate (the [build-system] requires).
+It needs grpcio-tools, googleapis-common-protos, protovalidate and swagger-ui-bundle-v2 (the
+[build-system] requires).
 
 The proto files' field rules import buf/validate/validate.proto. The protovalidate wheel ships
 that file only compiled, inside its generated module, and the schema registry that serves the
@@ -15,7 +17,9 @@ import) is generated beside ours."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +77,23 @@ def protoc_args(out: Path, validate_set: Path) -> list[str]:
     ]
 
 
+# GET /docs's script and style (comms.gateway.DOCS), and their licence: vendored from the
+# swagger-ui-bundle-v2 package at build time, so that the built tree serves them with no CDN
+# and nothing fetched at run time, and an install needs no package for them.
+SWAGGER_UI = "swagger-ui-bundle-v2"
+SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
+
+
+def vendor_swagger_ui(generated: Path) -> None:
+    import swagger_ui_bundle
+
+    source = Path(str(swagger_ui_bundle.swagger_ui_path))
+    for name in SWAGGER_UI_FILES:
+        shutil.copyfile(source / name, generated / name)
+    licence = next(f for f in importlib.metadata.files(SWAGGER_UI) or () if f.name == "LICENSE")
+    shutil.copyfile(Path(str(licence.locate())), generated / "swagger-ui.LICENSE")
+
+
 def generate(out: Path) -> None:
     """Writes the stubs, api.binpb and openapi.json under out/comms/v1."""
     from grpc_tools import protoc
@@ -94,6 +115,7 @@ def generate(out: Path) -> None:
     descriptor_set, document = generated / "api.binpb", generated / "openapi.json"
     command = [sys.executable, "-m", "comms.openapi", str(descriptor_set), "-o", str(document)]
     subprocess.run(command, check=True, env=os.environ | {"PYTHONPATH": path})
+    vendor_swagger_ui(generated)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A JWT (RS256 or ES256 only) is checked for signature against a JWKS file, for exp/nbf with a
 small leeway, for issuer and audience; its `scope` claim must hold the scope the RPC declares
 in the proto ((comms.v1.required_scope)), and its optional `brand_ids` claim limits the brands
-the caller may act for. Health and reflection are not comms RPCs and stay open."""
+the caller may act for. Health and reflection are not comms RPCs and stay open, as do the
+comms RPCs the proto declares (comms.v1.public): the HTTP health probes."""
 
 from __future__ import annotations
 
@@ -40,9 +41,10 @@ CHALLENGE = 'Bearer realm="comms"'
 
 
 def required_scopes() -> dict[str, str]:
-    """Each comms RPC's full method path ("/comms.v1.SequenceService/CreateSequence") and the
-    scope it declares in the proto ("" where it declares none)."""
-    return {path: method.scope for path, method in httpapi.METHODS.items()}
+    """Each comms RPC that needs a token, by its full method path
+    ("/comms.v1.SequenceService/CreateSequence"), and the scope it declares in the proto (""
+    where it declares none). A (comms.v1.public) method is not among them."""
+    return {path: method.scope for path, method in httpapi.METHODS.items() if not method.public}
 
 
 @dataclass(frozen=True)
@@ -378,7 +380,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
     ) -> Any:
         handler = continuation(details)
         if handler is None or details.method not in self._scopes:
-            return handler  # health, reflection, or unknown (grpc answers UNIMPLEMENTED)
+            # grpc.health.v1, reflection, a (comms.v1.public) method such as the HTTP health
+            # probes, or an unknown one (grpc answers UNIMPLEMENTED).
+            return handler
         # Built once per method, not per call: this runs on grpc's polling thread.
         guarded = self._guarded.get(details.method)
         if guarded is None:

@@ -19,6 +19,7 @@ import peewee as pw
 
 from comms import metrics
 from comms.httpapi import HTTP_CODE_HEADER
+from comms.v1 import health_pb2
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ MAX_REQUEST_ID = 200
 # a replay (idempotency.REPLAYED: not imported, as idempotency imports auth, which imports
 # this module).
 _HTTP_CODE, _REPLAYED = HTTP_CODE_HEADER, "idempotent-replayed"
+_PROBES = health_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name + "/"
 
 
 @dataclass
@@ -125,7 +127,8 @@ class CallInterceptor(grpc.ServerInterceptor):
     def _wrap(self, handler: Any, method: str) -> Any:
         serve = handler.unary_unary
         name = method.lstrip("/")
-        quiet = not name.startswith("comms.")  # health checks: every second from Envoy
+        # Health checks and probes (Envoy's, every second; a load balancer's): DEBUG only.
+        quiet = not name.startswith("comms.") or name.startswith(_PROBES)
         in_flight = metrics.IN_FLIGHT.labels(name)
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:

@@ -160,6 +160,9 @@ def cmd_up(settings: config.Settings, _: argparse.Namespace) -> int:
             bound,
             settings.admin_port,
         )
+        public = f"http://{_reachable_address(bound)}"
+        log.info("API reference on %s/docs (the document: %s/openapi.json)", public, public)
+        log.info("health: %s/healthz (alive), %s/readyz (ready), no token", public, public)
         stats = gateway.bound_address(settings.admin_port, envoy, listener="operator")
         log.info(
             "Envoy's Prometheus stats on http://%s/stats/prometheus", _reachable_address(stats)

@@ -272,6 +272,53 @@ def api_routes(methods: Iterable[httpapi.Method] = ()) -> list[dict[str, Any]]:
     return routes
 
 
+def docs_file(name: str) -> Path:
+    """A file of DOCS: our page (gateway/), or one of Swagger UI's, which the build copies
+    beside the generated code (tools/protogen.py)."""
+    return GATEWAY_DIR / name if name == "docs.html" else _generated(name)
+
+
+# GET /docs: the API reference page and what it loads, each a file read when Envoy starts:
+# Swagger UI as the build vendored it, never from a CDN.
+DOCS = {
+    "/docs": ("docs.html", "text/html; charset=utf-8"),
+    "/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+    "/docs/swagger-ui.css": ("swagger-ui.css", "text/css; charset=utf-8"),
+}
+
+
+def docs_routes() -> list[dict[str, Any]]:
+    """The routes of DOCS: GET and HEAD answer the file, any other method is 405."""
+    routes: list[dict[str, Any]] = []
+    for path, (name, content_type) in DOCS.items():
+        file = docs_file(name)
+        verbs = {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
+        header = {"key": "Content-Type", "value": content_type}
+        routes.append(
+            {
+                "match": {"path": path, "headers": [verbs]},
+                "direct_response": {"status": 200, "body": {"filename": str(file)}},
+                "response_headers_to_add": [
+                    {"header": header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                ],
+                "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": _OFF},
+            }
+        )
+    for path in DOCS:
+        allow = {"key": "Allow", "value": "GET, HEAD"}
+        routes.append(
+            {
+                "match": {"path": path},
+                "direct_response": {"status": 405},
+                "response_headers_to_add": [
+                    {"header": allow, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                ],
+                "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": _OFF},
+            }
+        )
+    return routes
+
+
 def _path_match(binding: httpapi.Binding) -> dict[str, Any]:
     if not binding.fields:
         return {"path": binding.template}
@@ -289,6 +336,7 @@ def render(settings: Settings) -> str:
     indent = placeholder.group(1) if placeholder else ""
     return Template(text).substitute(
         api_routes=_yaml_list(api_routes(), indent),
+        docs_routes=_yaml_list(docs_routes(), indent),
         # The error words of the local replies.
         **{f"word_{word}": word for word in httpapi.ERRORS},
         bind_host=settings.bind_host,
@@ -301,6 +349,7 @@ def render(settings: Settings) -> str:
         http_access_line=access_line("http"),
         grpc_access_line=access_line("grpc"),
         descriptor_path=descriptor_path(),
+        transcoded_services=json.dumps(list(httpapi.SERVICES)),
         openapi_path=openapi_path(),
         lua_path=GATEWAY_DIR / "comms.lua",
         max_body_bytes=MAX_BODY_BYTES,

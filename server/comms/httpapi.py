@@ -14,13 +14,14 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 
-from comms.v1 import options_pb2
+from comms.v1 import health_pb2, options_pb2
 from comms.v1 import sequences_pb2 as pb
 
 PACKAGE = "comms.v1"
 # The stubs type these extensions as plain fields, which Extensions[] does not take.
 REQUIRED_SCOPE: Any = options_pb2.required_scope
 HTTP_ANSWER: Any = options_pb2.http_answer
+PUBLIC: Any = options_pb2.public
 ERROR_INFO: Any = options_pb2.error
 Reach = options_pb2.ErrorInfo.Reach
 
@@ -93,7 +94,8 @@ class Method:
     name: str
     input_type: str  # full name, without the leading dot
     bindings: tuple[Binding, ...]  # none: gRPC only
-    scope: str  # "" when the method declares none (then nobody may call it)
+    scope: str  # "" when the method declares none (then nobody may call it, unless public)
+    public: bool  # anyone may call it, without a token
     success_status: int
     location: str  # the Location template of a success, or ""
     listed: tuple[str, ...]  # the REACH_LISTED words it can answer
@@ -135,12 +137,16 @@ def method_of(service: str, method: descriptor_pb2.MethodDescriptorProto) -> Met
     for word in listed:
         if ERRORS[word].reach != Reach.REACH_LISTED:
             raise ValueError(f"{method.name}: {word} is answered by every method, not listed")
+    scope, public = options.Extensions[REQUIRED_SCOPE], options.Extensions[PUBLIC]
+    if scope and public:
+        raise ValueError(f"{method.name}: a public method declares no required_scope")
     return Method(
         service=service,
         name=method.name,
         input_type=method.input_type.lstrip("."),
         bindings=found,
-        scope=options.Extensions[REQUIRED_SCOPE],
+        scope=scope,
+        public=public,
         success_status=answer.success_status or 200,
         location=answer.location,
         listed=listed,
@@ -160,12 +166,15 @@ def methods(files: descriptor_pb2.FileDescriptorSet) -> list[Method]:
 
 def _built() -> descriptor_pb2.FileDescriptorSet:
     files = descriptor_pb2.FileDescriptorSet()
-    pb.DESCRIPTOR.CopyToProto(files.file.add())
+    for module in (pb, health_pb2):
+        module.DESCRIPTOR.CopyToProto(files.file.add())
     return files
 
 
 # Every RPC of the built proto, by its gRPC path (/comms.v1.SequenceService/CreateSequence).
 METHODS = {method.grpc_path: method for method in methods(_built())}
+# The services those RPCs belong to, in proto order (the gateway transcodes them).
+SERVICES = tuple(dict.fromkeys(method.service for method in METHODS.values()))
 
 
 def success_metadata(grpc_path: str, response: Message) -> tuple[tuple[str, str], ...]:

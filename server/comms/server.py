@@ -1,4 +1,5 @@
-"""The gRPC server: SequenceService, health and reflection on one port."""
+"""The gRPC server: SequenceService, the HTTP probes (comms.v1.HealthService), grpc.health.v1
+and reflection on one port."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ from typing import Any
 import grpc
 import peewee as pw
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from comms import gateway, tracing
+from comms import gateway, httpapi, reflection, tracing
 from comms.auth import AuthInterceptor, TokenVerifier
 from comms.calls import CallInterceptor
 from comms.config import Settings
+from comms.probes import HealthService
 from comms.service import SequenceService
 from comms.unparsable import RefuseUnparsable
+from comms.v1 import health_pb2_grpc as comms_health_pb2_grpc
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# The service whose grpc.health.v1 status the gateway's health checks ask for.
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SequenceService"].full_name
 
 # Request metadata the server accepts, well above what the gateway forwards: its header
@@ -95,9 +98,9 @@ def create_server(
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
-    )
+    probes = HealthService(database, health_servicer, SERVICE_NAME)
+    comms_health_pb2_grpc.add_HealthServiceServicer_to_server(probes, grpc_server)
+    reflection.enable(grpc_server, (*httpapi.SERVICES, health.SERVICE_NAME))
     port = grpc_server.add_insecure_port(address)
     grpc_server.start()
     for name in ("", SERVICE_NAME):

@@ -106,7 +106,7 @@ def _what_failed(error: BaseException) -> str:
     return "; then ".join(reversed(messages))
 
 
-def _answers_errors(handler: Handler) -> Handler:
+def answers_errors(handler: Handler) -> Handler:
     """Turn every failure into a deliberate gRPC status: a caller never sees a stack trace or
     grpcio's 'Exception calling application' text, and a store outage reads as UNAVAILABLE."""
 
@@ -183,7 +183,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         self._page_secret: bytes | None = None
         self._transact = writer.transactions(database)
 
-    @_answers_errors
+    @answers_errors
     def CreateSequence(
         self, request: pb.CreateSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
@@ -212,7 +212,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         )
         return idempotency.respond(context, answer, replayed)
 
-    @_answers_errors
+    @answers_errors
     def GetSequence(
         self, request: pb.GetSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
@@ -223,7 +223,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         context.send_initial_metadata((("etag", f'"{found[0]["etag"]}"'),))
         return convert.sequence_message(*found)
 
-    @_answers_errors
+    @answers_errors
     def ListSequences(
         self, request: pb.ListSequencesRequest, context: grpc.ServicerContext
     ) -> pb.ListSequencesResponse:
@@ -368,7 +368,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         violations = validation.violations(request)
         return self._change(request, context, (request.id, request.etag), move, violations)
 
-    @_answers_errors
+    @answers_errors
     def UpdateSequence(
         self, request: pb.UpdateSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
@@ -385,37 +385,37 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
             lambda found: editing.changes(request, paths, found),
         )
 
-    @_answers_errors
+    @answers_errors
     def ActivateSequence(
         self, request: pb.ActivateSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
         return self._move(request, context, lifecycle.Move.ACTIVATE)
 
-    @_answers_errors
+    @answers_errors
     def PauseSequence(
         self, request: pb.PauseSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
         return self._move(request, context, lifecycle.Move.PAUSE)
 
-    @_answers_errors
+    @answers_errors
     def ResumeSequence(
         self, request: pb.ResumeSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
         return self._move(request, context, lifecycle.Move.RESUME)
 
-    @_answers_errors
+    @answers_errors
     def ArchiveSequence(
         self, request: pb.ArchiveSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
         return self._move(request, context, lifecycle.Move.ARCHIVE)
 
-    @_answers_errors
+    @answers_errors
     def DeleteSequence(
         self, request: pb.DeleteSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
         return self._move(request, context, lifecycle.Move.DELETE)
 
-    @_answers_errors
+    @answers_errors
     def UndeleteSequence(
         self, request: pb.UndeleteSequenceRequest, context: grpc.ServicerContext
     ) -> pb.Sequence:
@@ -423,7 +423,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
 
     # -- Revisions: what went live, readable as long as the sequence is.
 
-    @_answers_errors
+    @answers_errors
     def ListSequenceRevisions(
         self, request: pb.ListSequenceRevisionsRequest, context: grpc.ServicerContext
     ) -> pb.ListSequenceRevisionsResponse:
@@ -450,7 +450,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
             response.next_page_token = paging.encode_revision(secret, sequence_id, last)
         return response
 
-    @_answers_errors
+    @answers_errors
     def GetSequenceRevision(
         self, request: pb.GetSequenceRevisionRequest, context: grpc.ServicerContext
     ) -> pb.SequenceRevision:

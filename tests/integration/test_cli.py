@@ -137,6 +137,8 @@ def test_development_binds_loopback_logs_it_and_keeps_its_files_private(
             f"INFO comms: gRPC server listening on 127.0.0.1:{grpc_port} (store: sqlite:///{data / 'comms.db'})",
             f"INFO comms: HTTP gateway listening on http://127.0.0.1:{http_port} (Envoy admin on 127.0.0.1:{admin_port})",
             f"INFO comms: Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics",
+            f"INFO comms: API reference on http://127.0.0.1:{http_port}/docs (the document: http://127.0.0.1:{http_port}/openapi.json)",
+            f"INFO comms: health: http://127.0.0.1:{http_port}/healthz (alive), http://127.0.0.1:{http_port}/readyz (ready), no token",
             f"INFO comms: Envoy's Prometheus stats on http://127.0.0.1:{stats_port}/stats/prometheus",
         ]:
             assert expected in messages

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.integration.conftest import Stack
 from tests.requests import valid_body
@@ -36,13 +39,51 @@ def test_list_and_describe_through_reflection(stack: Stack, route: str) -> None:
     listed = _grpcurl(_target(stack, route), "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == [
+        "comms.v1.HealthService",
         "comms.v1.SequenceService",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     ]
     described = _grpcurl(_target(stack, route), "describe", "comms.v1.Step")
     assert described.returncode == 0, described.stderr
     assert "optional int32 position = 3" in described.stdout
+    # The proto's doc comments come with the descriptors (served with their source info).
+    assert "// Step is one message of a sequence.\nmessage Step {" in described.stdout
+    assert "  // channel is the medium the step is delivered through.\n" in described.stdout
+    service = _grpcurl(_target(stack, route), "describe", "comms.v1.HealthService")
+    assert service.returncode == 0, service.stderr
+    assert "  // GetReadiness answers once a server reports SERVING" in service.stdout
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_reflection_v1_answers_beside_v1alpha(stack: Stack, route: str) -> None:
+    """grpcurl 1.8 (the one PyPI has) speaks v1alpha only, so v1 is asked here with the
+    same messages (v1 is v1alpha's protocol under another package), as newer clients do."""
+    asked = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="comms.v1.Step"),
+    ]
+    with grpc.insecure_channel(_target(stack, route)) as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listed, found = list(info(iter(asked), timeout=10))
+    names = [s.name for s in listed.list_services_response.service]
+    assert "grpc.reflection.v1.ServerReflection" in names and "comms.v1.SequenceService" in names
+    files = {
+        f.name: f
+        for f in map(
+            descriptor_pb2.FileDescriptorProto.FromString,
+            found.file_descriptor_response.file_descriptor_proto,
+        )
+    }
+    comments = [
+        loc.leading_comments for loc in files["comms/v1/sequences.proto"].source_code_info.location
+    ]
+    assert " Step is one message of a sequence.\n" in comments
 
 
 @pytest.mark.parametrize("route", ROUTES)

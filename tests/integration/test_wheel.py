@@ -25,6 +25,7 @@ rendered = gateway.render(config.load({"COMMS_ENV": "development"}))
 assert gateway.GATEWAY_DIR.parent.parent.name == "site-packages", gateway.GATEWAY_DIR
 assert str(gateway.GATEWAY_DIR / "comms.lua") in rendered
 assert str(gateway.descriptor_path()) in rendered
+assert all(str(gateway.docs_file(name)) in rendered for name, _ in gateway.DOCS.values())
 print(" ".join(sorted(d.metadata["Name"].lower() for d in importlib.metadata.distributions())))
 """
 
@@ -55,12 +56,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_holds_what_is_generated_and_the_gateway_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    generated = {f"comms/v1/{n}" for n in ("api.binpb", "openapi.json")} | {
+    vendored = ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui.LICENSE")  # GET /docs
+    generated = {f"comms/v1/{n}" for n in ("api.binpb", "openapi.json", *vendored)} | {
         f"comms/v1/{proto}_pb2{kind}"
-        for proto in ("sequences", "options")
+        for proto in ("sequences", "health", "options")
         for kind in (".py", ".pyi", "_grpc.py")
     }
-    gateway = {"comms/gateway_files/envoy.yaml.in", "comms/gateway_files/comms.lua"}
+    gateway = {f"comms/gateway_files/{n}" for n in ("envoy.yaml.in", "comms.lua", "docs.html")}
     assert generated | gateway <= names
 
 

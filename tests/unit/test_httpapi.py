@@ -71,6 +71,8 @@ def test_every_method_declares_its_scope_and_http_answer() -> None:
         "UndeleteSequence",
         "ListSequenceRevisions",
         "GetSequenceRevision",
+        "GetLiveness",
+        "GetReadiness",
     ]
     create = httpapi.METHODS[CREATE]
     assert (create.success_status, create.location, create.listed) == (
@@ -78,6 +80,25 @@ def test_every_method_declares_its_scope_and_http_answer() -> None:
         "/v1/sequences/{id}",
         ("idempotency_key_reused",),
     )
+
+
+def test_only_the_health_probes_are_public() -> None:
+    public = {m.grpc_path: (m.scope, m.bindings) for m in httpapi.METHODS.values() if m.public}
+    assert public == {
+        "/comms.v1.HealthService/GetLiveness": ("", (httpapi.Binding("get", "/healthz", "", ""),)),
+        "/comms.v1.HealthService/GetReadiness": ("", (httpapi.Binding("get", "/readyz", "", ""),)),
+    }
+    # Neither can answer what only a token brings.
+    words = {e.word for m in httpapi.METHODS.values() if m.public for e in m.errors(m.bindings[0])}
+    assert not words & {"unauthenticated", "permission_denied"}
+
+
+def test_a_public_method_declares_no_scope() -> None:
+    method = descriptor_pb2.MethodDescriptorProto(name="Both")
+    method.options.Extensions[httpapi.REQUIRED_SCOPE] = "sequences:read"
+    method.options.Extensions[httpapi.PUBLIC] = True
+    with pytest.raises(ValueError, match="Both: a public method declares no required_scope"):
+        httpapi.method_of("comms.v1.X", method)
 
 
 def test_the_vocabulary() -> None:
@@ -162,6 +183,8 @@ def test_the_rendered_routes_follow_the_http_rules(tmp_path: Path) -> None:
         ("POST", "/v1/sequences/[^/:]+:undelete"),
         ("GET", "/v1/sequences/[^/:]+/revisions"),
         ("GET", "/v1/sequences/[^/:]+/revisions/[^/:]+"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
     ]
     # A custom method's path is its own route's alone, not the sequence's.
     taking = [r for r in rpc if _matches(r, "/v1/sequences/0199:activate")]
@@ -200,7 +223,10 @@ def test_the_rendered_routes_follow_the_http_rules(tmp_path: Path) -> None:
         **{f"/v1/sequences/[^/:]+:{verb}": "POST" for verb in MOVES},
         "/v1/sequences/[^/:]+/revisions": "GET",
         "/v1/sequences/[^/:]+/revisions/[^/:]+": "GET",
+        "/healthz": "GET",
+        "/readyz": "GET",
         "/openapi.json": "GET, HEAD",
+        **dict.fromkeys(gateway.DOCS, "GET, HEAD"),
     }
     assert routes.index(refused[0]) > routes.index(rpc[-1])
     # Local replies name their words from the table (an unknown ${word_...} fails to render).
@@ -211,7 +237,7 @@ def test_the_rendered_routes_follow_the_http_rules(tmp_path: Path) -> None:
 
 def test_adding_a_method_adds_its_route_405_and_operation() -> None:
     files = _files()
-    service = next(s for f in files.file if f.package == "comms.v1" for s in f.service)
+    service = next(s for f in files.file for s in f.service if s.name == "SequenceService")
     noop = service.method.add()
     noop.CopyFrom(next(m for m in service.method if m.name == "GetSequence"))
     noop.name = "NoopSequence"

@@ -12,7 +12,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from comms import gateway, openapi
-from comms.v1 import options_pb2
+from comms.v1 import health_pb2, options_pb2
 from comms.v1 import sequences_pb2 as pb
 from tests.openapi_schema import Validator
 
@@ -52,7 +52,11 @@ def test_the_command_writes_what_the_build_serves(tmp_path: Path) -> None:
 def test_every_http_rule_is_an_operation_with_its_scope() -> None:
     """Checked against the generated Python descriptors, not the descriptor set."""
     expected = set()
-    for service in pb.DESCRIPTOR.services_by_name.values():
+    services = [
+        *pb.DESCRIPTOR.services_by_name.values(),
+        *health_pb2.DESCRIPTOR.services_by_name.values(),
+    ]
+    for service in services:
         for method in service.methods:
             options = method.GetOptions()
             rule = options.Extensions[annotations_pb2.http]
@@ -62,18 +66,24 @@ def test_every_http_rule_is_an_operation_with_its_scope() -> None:
             path = getattr(rule, verb).replace("{sequence.id}", "{id}")
             expected.add((path, verb, method.name, scope))
     found = {
-        (path, verb, op["operationId"], op["security"][0]["bearer"][0])
+        (path, verb, op["operationId"], op["security"][0]["bearer"][0] if "security" in op else "")
         for path, operations in DOC["paths"].items()
         for verb, op in operations.items()
     }
     assert found == expected
     assert ("/v1/sequences", "post", "CreateSequence", "sequences:write") in found
+    # The health probes need no token: their operations name no security.
+    assert ("/healthz", "get", "GetLiveness", "") in found
+    assert ("/readyz", "get", "GetReadiness", "") in found
 
 
 def test_each_operation_lists_the_errors_it_can_answer() -> None:
     gateway_and_auth = ["400", "401", "403", "405", "408", "422", "431", "500", "503", "504"]
     changes, body = ["404", "409", "412"], ["413", "415"]
+    probe = ["200", *(status for status in gateway_and_auth if status not in ("401", "403"))]
     expected = {
+        ("/healthz", "get"): probe,
+        ("/readyz", "get"): probe,
         ("/v1/sequences", "post"): ["201", *sorted([*gateway_and_auth, "413", "415"])],
         ("/v1/sequences", "get"): ["200", *gateway_and_auth],
         ("/v1/sequences/{id}", "get"): ["200", *sorted([*gateway_and_auth, "404"])],
