@@ -46,15 +46,17 @@ end
 -- fields() has them by the path as sent, "name" or "steps[].position"), or nil when the
 -- body is not an object or is cut short (the transcoder reports those with
 -- its own message). A third value is the body to forward instead, when it has
--- members with an empty name in the body or a step: the transcoder would read
--- them as the object itself, so they are dropped, as unknown fields are ignored.
-local function list_state(body, list, fields)
+-- members with an empty name in the body or a step (the transcoder would read
+-- them as the object itself), or top-level members named in bound, the fields
+-- the path sets (the transcoder would let the body's value win over the
+-- path's): they are dropped, as unknown fields are ignored.
+local function list_state(body, list, fields, bound)
   local i = body:find("%S")
   if not i or body:sub(i, i) ~= "{" then return nil end
   local depth, state, n = 0, "missing", #body
   -- Where the list opens, whether we are in it, its current item.
   local list_at, in_list, item, problem = nil, false, 0, nil
-  -- Spans of empty-name members to drop, the one being read ({from, depth,
+  -- Spans of members to drop, the one being read ({from, depth,
   -- kept}), and whether the object at each depth has a member kept before it:
   -- then the comma before the dropped one goes with it, else the one after.
   local cuts, cut, kept = {}, nil, {}
@@ -84,18 +86,19 @@ local function list_state(body, list, fields)
       local colon = body:find("%S", k + 1)
       local is_key = colon and body:sub(colon, colon) == ":"
       if is_key and (depth == 1 or (in_list and depth == 3)) then
+        local name = unescape_key(body:sub(j + 1, k - 1))
+        local drop = name == "" or (depth == 1 and bound[name])
         -- The comma before this member (nil if missing: the transcoder says so).
-        local comma = (cut or k == j + 1) and gap:find(",")
+        local comma = (cut or drop) and gap:find(",")
         comma = comma and i + comma - 1
         if cut and cut[2] == depth then  -- the member being dropped ends here
           if cut[3] and not comma then return nil end
           cuts[#cuts + 1] = {cut[1], cut[3] and comma - 1 or j - 1}
           cut = nil
         end
-        if k ~= j + 1 then
+        if not drop then
           kept[depth] = true
           if body:find("^%s*%[", colon + 1) then  -- a list: is it for a one-value field?
-            local name = unescape_key(body:sub(j + 1, k - 1))
             local field = not (depth == 1 and name == list)
               and fields()[depth == 1 and name or list .. "[]." .. name]
             if field then
@@ -257,7 +260,7 @@ function envoy_on_request(handle)
   -- The route's fields are read only for a list value that is not the list.
   local state, problem, forward = list_state(text, list, function()
     return handle:metadata():get("fields")
-  end)
+  end, handle:metadata():get("bound") or {})
   if state == "refused" then
     handle:respond({[":status"] = "422"}, problem)
   elseif state == "missing" and required then

@@ -225,6 +225,18 @@ def lua_errors() -> dict[str, dict[str, Any]]:
     }
 
 
+def _bound_in_body(binding: httpapi.Binding, body: Any) -> dict[str, bool]:  # a Descriptor
+    """The body's members that the path also sets ({id} with body "*", {sequence.id} with body
+    "sequence"), by each JSON name the transcoder reads: comms.lua drops them, since the
+    transcoder would let a body's value win over the path's."""
+    if not binding.body:
+        return {}
+    prefix = "" if binding.body == "*" else binding.body + "."
+    names = [f.removeprefix(prefix) for f in binding.fields if f.startswith(prefix)]
+    fields = [body.fields_by_name[name] for name in names if name in body.fields_by_name]
+    return {name: True for field in fields for name in (field.name, field.json_name)}
+
+
 def api_routes(methods: Iterable[httpapi.Method] = ()) -> list[dict[str, Any]]:
     """The routes of every HTTP rule of the methods (default: the API's), then one 405 route
     per path with the Allow header listing the methods it serves."""
@@ -244,6 +256,8 @@ def api_routes(methods: Iterable[httpapi.Method] = ()) -> list[dict[str, Any]]:
             if binding.body not in ("*", ""):
                 body = request.fields_by_name[binding.body].message_type
             lua |= operation_checks(document, method.name, body)
+            if bound := _bound_in_body(binding, body):
+                lua["bound"] = bound
             verb = {"name": ":method", "string_match": {"exact": binding.verb.upper()}}
             routes.append(
                 {

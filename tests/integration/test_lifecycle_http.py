@@ -369,6 +369,22 @@ def test_unknown_and_empty_named_members_are_ignored(stack: Stack) -> None:
     assert active["status"] == "active"
 
 
+@pytest.mark.parametrize("key", ['"id"', '"i\\u0064"'])  # as sent, and \u-escaped
+@pytest.mark.parametrize("value", ["the other's id", "{}", "5"])
+def test_an_id_in_the_body_never_overrides_the_path(stack: Stack, key: str, value: str) -> None:
+    """The transcoder would let a body's id win over the path's: the gateway drops it."""
+    target, other = _create(stack), _create(stack)
+    sent = json.dumps(other["id"]) if value == "the other's id" else value
+    path = f"/v1/sequences/{target['id']}"
+    edit = f'{{"name": "edited", {key}: {sent}}}'
+    edited = _ok(stack.envoy.request("PATCH", path, edit, JSON))
+    assert (edited["id"], edited["name"]) == (target["id"], "edited")
+    active = _ok(stack.envoy.request("POST", path + ":activate", f"{{{key}: {sent}}}", JSON))
+    assert (active["id"], active["status"]) == (target["id"], "active")
+    untouched = _ok(_get(stack, f"/v1/sequences/{other['id']}"))
+    assert (untouched["name"], untouched["status"]) == (other["name"], "draft")
+
+
 def test_a_list_for_a_one_value_field_is_422_naming_it(stack: Stack) -> None:
     created = _create(stack)
     _error(
