@@ -4,11 +4,13 @@ Arguments go to `st run` (e.g. --seed 7 --max-examples 500). Exits with its stat
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from bench.stack import free_port, wait_until_ok
@@ -26,6 +28,25 @@ def dev_token(env: dict[str, str]) -> str:
         [BIN / "comms", "dev-token"], env=env, capture_output=True, text=True, check=True
     )
     return made.stdout.split()[-1]
+
+
+def seed_sequence(http_port: int, token: str) -> str:
+    """A live sequence with revision 1 for the fuzzer to name in paths: ids it makes up name
+    none, so every move, edit and revision would stop at 404."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def post(path: str, body: object) -> dict[str, str]:
+        url = f"http://127.0.0.1:{http_port}{path}"
+        request = urllib.request.Request(url, json.dumps(body).encode(), headers)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return dict(json.load(answer))
+
+    made = post("/v1/sequences", {"brand_id": "fuzz", "name": "Fuzzed", "steps": [STEP]})
+    post(f"/v1/sequences/{made['id']}:activate", {})
+    return made["id"]
+
+
+STEP = {"position": 0, "channel": "email", "template_key": "welcome", "delay_minutes": 0}
 
 
 def main() -> int:
@@ -52,6 +73,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{http_port}/openapi.json"
         try:
             wait_until_ok(stack, url, "comms up", READY_SECONDS)
+            env["COMMS_FUZZ_SEQUENCE_ID"] = seed_sequence(http_port, token)  # schemathesis.toml
             config = HERE / "schemathesis.toml"
             command = [BIN / "st", "--config-file", config, "run", url]
             command += ["--header", f"Authorization: Bearer {token}", *sys.argv[1:]]

@@ -15,9 +15,9 @@ from schemathesis.core import NOT_SET
 
 from tests.openapi_schema import body_pointer, validator
 
-# The idempotency key of each positive create let through -> its body without the key. A key
-# is the caller's, whatever the brand: the body (brand_id in it) must match.
-_first_body: dict[str, str] = {}
+# The idempotency key of each positive call let through -> that call without the key. A key
+# is the caller's, whatever the brand or method: the whole call must match.
+_first_call: dict[str, str] = {}
 
 
 @functools.cache
@@ -46,18 +46,22 @@ def filter_case(context: schemathesis.HookContext, case: schemathesis.Case) -> b
     named = isinstance(mask, str) and "name" in mask.split(",")
     if named and not (isinstance(case.body, dict) and case.body.get("name")):
         return False
-    if not isinstance(case.body, dict):
-        return True
+    # Generated idempotency keys repeat ("0"...): keep a key (request_id, in the body or the
+    # query) to the first call it came with.
+    query = dict(case.query) if isinstance(case.query, dict) else {}
+    body = dict(case.body) if isinstance(case.body, dict) else case.body
+    key = (body.pop("request_id", None) if isinstance(body, dict) else None) or query.pop(
+        "request_id", None
+    )
+    if isinstance(key, str) and key:
+        call = [case.method, case.path, case.path_parameters, query, body]
+        if _first_call.setdefault(key, json.dumps(call, sort_keys=True, default=str)) != (
+            json.dumps(call, sort_keys=True, default=str)
+        ):
+            return False
     # x-unique-by (unique step positions) is an extension keyword: the generator does not
     # know it, the document's validator does.
-    if not _body_validator(case.operation).is_valid(case.body):
-        return False
-    # Generated idempotency keys repeat ("0"...): keep a key to the first body it came with.
-    key = case.body.get("request_id")
-    if isinstance(key, str) and key:
-        body = json.dumps({k: v for k, v in case.body.items() if k != "request_id"}, sort_keys=True)
-        return _first_body.setdefault(key, body) == body
-    return True
+    return not isinstance(case.body, dict) or _body_validator(case.operation).is_valid(case.body)
 
 
 @schemathesis.hook
