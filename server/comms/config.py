@@ -192,6 +192,14 @@ class Settings:
         _integer(1),
         "threads serving calls in each process, and database connections in its pool",
     )
+    # One by default: on 2 cores, Envoy's default of a worker per core took more CPU a
+    # request and served fewer creates a second, the server wanting the other core.
+    gateway_workers: int = _setting(
+        1,
+        "COMMS_GATEWAY_WORKERS",
+        _integer(1),
+        "Envoy's worker threads (its --concurrency)",
+    )
     max_in_flight: int = _setting(
         0,
         "COMMS_MAX_IN_FLIGHT",
