@@ -116,7 +116,7 @@ def cmd_serve(settings: config.Settings, _: argparse.Namespace) -> int:
 
 def _envoy(settings: config.Settings) -> list[str]:
     path = gateway.write_config(settings, settings.data_dir)
-    return gateway.envoy_command(path)
+    return gateway.envoy_command(path, workers=settings.gateway_workers)
 
 
 def cmd_gateway(settings: config.Settings, _: argparse.Namespace) -> int:

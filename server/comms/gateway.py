@@ -418,13 +418,17 @@ def envoy_binary() -> str:
     return found
 
 
-def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
+def envoy_command(
+    config: Path, log_level: str = "warning", workers: int = Settings.gateway_workers
+) -> list[str]:
     # Hot restart is off so that several Envoys (tests, benchmarks) can run on one machine.
     return [
         envoy_binary(),
         "-c",
         str(config),
         "--disable-hot-restart",
+        "--concurrency",
+        str(workers),
         "--log-level",
         log_level,
         # Envoy's own diagnostics (its stderr) as JSON lines too, told apart by "source".

@@ -62,7 +62,7 @@ def create_server(
     address: str,
     database: pw.Database,
     verifier: TokenVerifier,
-    workers: int = 16,
+    workers: int = 4,
     max_in_flight: int | None = None,
     max_connections: int = Settings.max_connections,
     tracer_provider: Any = None,
@@ -70,9 +70,9 @@ def create_server(
     """Start serving on address ("host:port"; port 0 picks a free one). Every comms RPC
     needs a token that verifier accepts; health and reflection stay open.
 
-    At most max_in_flight calls (default: eight per worker) are running or queued; beyond
-    that a call is refused at once with RESOURCE_EXHAUSTED, so overload cannot grow the
-    queue, the memory and everyone's latency without bound.
+    At most max_in_flight calls (default: 32 per worker, so 128 at the default 4) are running
+    or queued; beyond that a call is refused at once with RESOURCE_EXHAUSTED, so overload
+    cannot grow the queue, the memory and everyone's latency without bound.
 
     A port another process holds is an error, not a silent share (no SO_REUSEPORT): each
     server instance is one process on one address, and the gateway lists them all.
@@ -92,7 +92,7 @@ def create_server(
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.max_allowed_incoming_connections", max_connections),
         ],
-        maximum_concurrent_rpcs=max_in_flight or 8 * workers,
+        maximum_concurrent_rpcs=max_in_flight or 32 * workers,
     )
     calls.watch(grpc_server)
     pb_grpc.add_SequenceServiceServicer_to_server(SequenceService(database), grpc_server)

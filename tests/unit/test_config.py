@@ -67,12 +67,23 @@ def test_each_upstream_is_an_endpoint_of_the_cluster() -> None:
             "COMMS_HTTP_PORT must be a port number from 0 to 65535, got 70000",
         ),
         ("COMMS_ENV", "staging", "COMMS_ENV must be production or development, got 'staging'"),
+        ("COMMS_GATEWAY_WORKERS", "0", "COMMS_GATEWAY_WORKERS must be at least 1, got 0"),
     ],
 )
 def test_bad_settings_are_named(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load({name: value})
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("env", "workers"), [({}, "1"), ({"COMMS_GATEWAY_WORKERS": "3"}, "3")])
+def test_envoy_runs_the_gateway_workers_setting(
+    env: dict[str, str], workers: str, tmp_path: Path
+) -> None:
+    command = cli._envoy(load(env | {"COMMS_DATA_DIR": str(tmp_path)}))
+    at = command.index("--concurrency")
+    assert command[at + 1] == workers
+    assert command.count("--concurrency") == 1
 
 
 # --- the command line: each setting's flag, its help, and its errors ------------------------
