@@ -173,8 +173,12 @@ def _sequence_id(text: str) -> uuid.UUID:
         raise not_found(text) from None
 
 
-_METHODS = pb.DESCRIPTOR.services_by_name["SequenceService"].methods_by_name
-CREATE = "/comms.v1.SequenceService/CreateSequence"
+_SERVICE = pb.DESCRIPTOR.services_by_name["SequenceService"]
+# Each request type's RPC: its full name (what an idempotency key records) and its gRPC path
+# (httpapi's key for the method's HTTP answer).
+_RPCS = {
+    m.input_type.name: (m.full_name, f"/{_SERVICE.full_name}/{m.name}") for m in _SERVICE.methods
+}
 
 
 class SequenceService(pb_grpc.SequenceServiceServicer):
@@ -195,8 +199,9 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
             raise invalid_argument(violations)
         sequence, steps = convert.rows_from_request(request, convert.utc_now())
         # Built outside the transaction: on SQLite every transaction runs in the one writer.
+        method, grpc_path = _RPCS[type(request).__name__]
         message = convert.sequence_message(sequence, steps)
-        created = idempotency.Answer(message, httpapi.success_metadata(CREATE, message))
+        created = idempotency.Answer(message, httpapi.success_metadata(grpc_path, message))
 
         def store_it() -> idempotency.Answer[pb.Sequence]:
             store.insert_sequence(self._db, sequence, steps)
@@ -205,7 +210,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         answer, replayed = idempotency.run(
             self._db,
             self._transact,
-            idempotency.key_for(key, _METHODS["CreateSequence"].full_name, request),
+            idempotency.key_for(key, method, request),
             pb.Sequence,
             store_it,
             last=lambda: _still_wanted(context, deadline),
@@ -292,11 +297,7 @@ class SequenceService(pb_grpc.SequenceServiceServicer):
         state), then store the move, and edit's changes, in one transaction (with the answer,
         when the call has an idempotency key). target is the (id, etag) the request names."""
         sequence_id_text, sent_etag = target
-        descriptor = _METHODS[type(request).__name__.removesuffix("Request")]
-        method, grpc_path = (
-            descriptor.full_name,
-            f"/{descriptor.containing_service.full_name}/{descriptor.name}",
-        )
+        method, grpc_path = _RPCS[type(request).__name__]
         etag, etag_violations = _etag(sent_etag, context)
         key, key_violations = idempotency.read_key(request, context)
         violations = violations + etag_violations + key_violations
