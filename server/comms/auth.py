@@ -28,6 +28,7 @@ import jwt
 from comms import calls, devkeys, httpapi
 from comms.config import ConfigError, Settings
 from comms.errors import RpcFailure
+from comms.interceptors import UnaryWrapper, unary_handler
 
 log = logging.getLogger(__name__)
 
@@ -366,30 +367,21 @@ def require_brand(brand_id: str) -> None:
         raise permission_denied(f"the token may not act for brand {brand_id!r}")
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(UnaryWrapper):
     """Guards every comms RPC: a verified token carrying the RPC's declared scope. Fails
     closed: an RPC that declares no scope is refused to everyone."""
 
     def __init__(self, verifier: TokenVerifier) -> None:
+        super().__init__()
         self._verifier = verifier
         self._scopes = required_scopes()
-        self._guarded: dict[str, Any] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = continuation(details)
-        if handler is None or details.method not in self._scopes:
-            # grpc.health.v1, reflection, a (comms.v1.public) method such as the HTTP health
-            # probes, or an unknown one (grpc answers UNIMPLEMENTED).
-            return handler
-        # Built once per method, not per call: this runs on grpc's polling thread.
-        guarded = self._guarded.get(details.method)
-        if guarded is None:
-            guarded = self._guarded[details.method] = self._guard(handler, details.method)
-        return guarded
+    def wraps(self, method: str) -> bool:
+        # Not grpc.health.v1, reflection, a (comms.v1.public) method such as the HTTP health
+        # probes, or an unknown one (grpc answers UNIMPLEMENTED).
+        return method in self._scopes
 
-    def _guard(self, handler: Any, method: str) -> Any:
+    def wrap(self, handler: Any, method: str) -> Any:
         scope = self._scopes[method]
         serve = handler.unary_unary
 
@@ -402,11 +394,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             with serving_as(principal):
                 return serve(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return unary_handler(handler, guarded)
 
     def _authorize(self, metadata: Sequence[tuple[str, str | bytes]], scope: str) -> Principal:
         principal = self._verifier.verify(bearer_token(metadata))

@@ -19,6 +19,7 @@ import peewee as pw
 
 from comms import metrics
 from comms.httpapi import HTTP_CODE_HEADER
+from comms.interceptors import UnaryWrapper, unary_handler
 from comms.v1 import health_pb2
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,12 @@ class _Observed:
         return getattr(self._context, name)
 
 
-class CallInterceptor(grpc.ServerInterceptor):
+class CallInterceptor(UnaryWrapper):
     """Outermost interceptor: wraps each unary method (comms RPCs and health checks; the
     reflection streams pass untouched) with the request id, the log line and the metrics."""
 
     def __init__(self, database: pw.Database | None = None) -> None:
-        self._wrapped: dict[str, Any] = {}
+        super().__init__()
         self._server: Any = None
         self._pool = database
         if database is not None:
@@ -105,15 +106,10 @@ class CallInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        if self._is_full():
+        handler = super().intercept_service(continuation, details)
+        if details.method in self._wrapped and self._is_full():
             metrics.SHED.labels(details.method.lstrip("/")).inc()
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
-        return wrapped
+        return handler
 
     def _is_full(self) -> bool:
         """Will grpc refuse this call for its concurrency limit? grpc decides under the same
@@ -124,7 +120,7 @@ class CallInterceptor(grpc.ServerInterceptor):
         limit = getattr(state, "maximum_concurrent_rpcs", None)
         return limit is not None and bool(state.active_rpc_count >= limit)
 
-    def _wrap(self, handler: Any, method: str) -> Any:
+    def wrap(self, handler: Any, method: str) -> Any:
         serve = handler.unary_unary
         name = method.lstrip("/")
         # Health checks and probes (Envoy's, every second; a load balancer's): DEBUG only.
@@ -155,11 +151,7 @@ class CallInterceptor(grpc.ServerInterceptor):
                 _log_line(call, code, elapsed, getattr(request, "brand_id", None), quiet)
                 _current.reset(reset)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return unary_handler(handler, observed)
 
     def _pool_use(self) -> None:
         if self._pool is not None:

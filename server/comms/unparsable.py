@@ -8,7 +8,6 @@ after the token check, like any other broken rule."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -16,6 +15,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
+from comms.interceptors import UnaryWrapper, unary_handler
 from comms.service import invalid_argument
 from comms.validation import FieldViolation
 
@@ -84,25 +84,11 @@ def _violation(data: bytes, message: Descriptor) -> FieldViolation:
     return FieldViolation(field, "must be valid UTF-8")
 
 
-class RefuseUnparsable(grpc.ServerInterceptor):
+class RefuseUnparsable(UnaryWrapper):
     """Wraps each unary method: an unparsable request is INVALID_ARGUMENT. Listed after
     AuthInterceptor, so that the token is still checked first."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, Any] = {}
-
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
-        return wrapped
-
-    def _wrap(self, handler: Any, method: str) -> Any:
+    def wrap(self, handler: Any, method: str) -> Any:
         service, _, name = method.strip("/").rpartition("/")
         try:
             found = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
@@ -122,8 +108,4 @@ class RefuseUnparsable(grpc.ServerInterceptor):
                 context.abort_with_status(invalid_argument([request.violation]).status)
             return serve(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            refuse_or_serve,
-            request_deserializer=deserialize,
-            response_serializer=handler.response_serializer,
-        )
+        return unary_handler(handler, refuse_or_serve, deserialize)
