@@ -61,6 +61,20 @@ def fresh_database_url(store: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 STORES = ["sqlite", "postgres"]
+# The keys of every sequence answer, in the order the contract prints them.
+SEQUENCE_KEYS = [
+    "id",
+    "brand_id",
+    "name",
+    "description",
+    "status",
+    "created_at",
+    "updated_at",
+    "steps",
+    "etag",
+    "revision",
+    "deleted_at",
+]
 
 
 @pytest.fixture(params=STORES)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import SEQUENCE_KEYS
 from tests.integration.conftest import Response, Stack
 from tests.requests import valid_body, with_value, without
 
@@ -42,19 +43,7 @@ def test_create_answers_201_with_the_stored_sequence(stack: Stack) -> None:
     assert response.headers["content-type"] == "application/json"
     assert "x-http-code" not in response.headers
     body = response.json()
-    assert list(body) == [
-        "id",
-        "brand_id",
-        "name",
-        "description",
-        "status",
-        "created_at",
-        "updated_at",
-        "steps",
-        "etag",
-        "revision",
-        "deleted_at",
-    ]
+    assert list(body) == SEQUENCE_KEYS
     assert UUID.match(body["id"])
     assert RFC3339_UTC.match(body["created_at"])
     assert body["created_at"] == body["updated_at"]

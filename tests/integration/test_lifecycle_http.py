@@ -10,24 +10,12 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.conftest import SEQUENCE_KEYS
 from tests.integration.conftest import Response, Stack
 from tests.requests import valid_body
 
 JSON = {"Content-Type": "application/json"}
 STEP = {"position": 0, "channel": "sms", "template_key": "k", "delay_minutes": 0}
-KEYS = [
-    "id",
-    "brand_id",
-    "name",
-    "description",
-    "status",
-    "created_at",
-    "updated_at",
-    "steps",
-    "etag",
-    "revision",
-    "deleted_at",
-]
 
 
 def _brand() -> str:
@@ -76,11 +64,11 @@ def _get(stack: Stack, path: str) -> Response:
 def test_the_walk_over_http(stack: Stack) -> None:
     created = _create(stack)
     sequence_id = created["id"]
-    assert list(created) == KEYS
+    assert list(created) == SEQUENCE_KEYS
     assert (created["revision"], created["deleted_at"]) == (0, None)
 
     edited = _ok(_patch(stack, sequence_id, {"name": "Renamed"}, "name"))
-    assert list(edited) == KEYS
+    assert list(edited) == SEQUENCE_KEYS
     assert (edited["name"], edited["status"]) == ("Renamed", "draft")
     active = _ok(_move(stack, sequence_id, "activate"))  # no body, no Content-Type
     assert (active["status"], active["revision"]) == ("active", 1)

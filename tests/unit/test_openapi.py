@@ -14,6 +14,7 @@ from google.protobuf import descriptor_pb2
 from comms import gateway, openapi
 from comms.v1 import health_pb2, options_pb2
 from comms.v1 import sequences_pb2 as pb
+from tests.conftest import SEQUENCE_KEYS
 from tests.openapi_schema import Validator
 
 ROOT = Path(__file__).parents[2]
@@ -190,23 +191,7 @@ def test_a_step_in_a_request_is_bounded_and_output_only_fields_are_read_only() -
 
 def test_responses_print_every_key() -> None:
     sequence, step = SCHEMAS["Sequence"], SCHEMAS["Step"]
-    assert (
-        sequence["required"]
-        == list(sequence["properties"])
-        == [
-            "id",
-            "brand_id",
-            "name",
-            "description",
-            "status",
-            "created_at",
-            "updated_at",
-            "steps",
-            "etag",
-            "revision",
-            "deleted_at",
-        ]
-    )
+    assert sequence["required"] == list(sequence["properties"]) == SEQUENCE_KEYS
     assert step["required"] == list(step["properties"])
     props = sequence["properties"]
     assert props["description"]["type"] == ["string", "null"]
