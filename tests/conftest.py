@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -58,6 +59,20 @@ def fresh_database_url(store: str, tmp_path_factory: pytest.TempPathFactory) -> 
         with admin.cursor() as cursor:
             cursor.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
+
+
+def debian_binary(name: str, package: str) -> str:
+    """The path of a Debian package's program a test module needs. Missing, the module fails
+    in CI (.ci/run installs the package) and is skipped elsewhere, saying what to install."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs Debian's {package}: .ci/run installs it", pytrace=False)
+        pytest.skip(
+            f"no {name}: `apt-get install {package}` to run this test (CI does)",
+            allow_module_level=True,
+        )
+    return found
 
 
 STORES = ["sqlite", "postgres"]

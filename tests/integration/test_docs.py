@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +16,10 @@ from pathlib import Path
 import pytest
 
 from comms import gateway
+from tests.conftest import debian_binary
 from tests.integration.conftest import Envoy, free_port, gateway_settings
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    if os.environ.get("CI"):
-        pytest.fail("CI needs Debian's chromium: .ci/run installs it", pytrace=False)
-    pytest.skip(
-        "no chromium: `apt-get install chromium` to run this test (CI does)",
-        allow_module_level=True,
-    )
+CHROMIUM = debian_binary("chromium", "chromium")
 
 # Root runs it without the sandbox; virtual time lets the page's scripts and its fetch of
 # /openapi.json finish before the DOM is dumped (no wall-clock wait).

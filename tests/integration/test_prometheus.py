@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -16,19 +14,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from bench.stack import Stack, Store, free_port, running_stack, wait_until_ok
+from tests.conftest import debian_binary
 
-PROMETHEUS = shutil.which("prometheus")
+PROMETHEUS = debian_binary("prometheus", "prometheus")
 CREATE = "comms.v1.SequenceService/CreateSequence"
-if PROMETHEUS is None:
-    if os.environ.get("CI"):
-        pytest.fail("CI needs Debian's prometheus: .ci/run installs it", pytrace=False)
-    pytest.skip(
-        "no prometheus binary: `apt-get install prometheus` to run this test (CI does)",
-        allow_module_level=True,
-    )
 
 
 class Prometheus:
@@ -70,7 +60,6 @@ def scraping(stack: Stack, metrics_port: int, envoy_port: int, tmp: Path) -> Ite
     }
     (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
     port = free_port()
-    assert PROMETHEUS is not None
     with open(tmp / "prometheus.log", "wb") as log:
         process = subprocess.Popen(
             [
