@@ -18,7 +18,7 @@ import grpc
 import peewee as pw
 
 from comms import metrics
-from comms.httpapi import HTTP_CODE_HEADER
+from comms.httpapi import HTTP_CODE_HEADER, REPLAYED
 from comms.interceptors import UnaryWrapper, unary_handler
 from comms.v1 import health_pb2
 
@@ -30,7 +30,6 @@ MAX_REQUEST_ID = 200
 # What a handler's initial metadata says of its answer: the HTTP status it asks for, and
 # a replay (idempotency.REPLAYED: not imported, as idempotency imports auth, which imports
 # this module).
-_HTTP_CODE, _REPLAYED = HTTP_CODE_HEADER, "idempotent-replayed"
 _PROBES = health_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name + "/"
 
 
@@ -78,9 +77,9 @@ class _Observed:
 
     def send_initial_metadata(self, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
         for key, value in metadata:
-            if key == _HTTP_CODE and str(value).isdigit():
+            if key == HTTP_CODE_HEADER and str(value).isdigit():
                 self._call.http_status = int(value)
-            elif key == _REPLAYED and value == "true":
+            elif (key, value) == REPLAYED:
                 metrics.REPLAYS.inc()
         self._context.send_initial_metadata(metadata)
 

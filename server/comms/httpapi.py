@@ -27,6 +27,8 @@ Reach = options_pb2.ErrorInfo.Reach
 
 # Sent by the server as metadata; the gateway turns it into the HTTP status (and removes it).
 HTTP_CODE_HEADER = "x-http-code"
+# Sent with a success that replays an earlier call's stored answer (comms.idempotency).
+REPLAYED = ("idempotent-replayed", "true")
 # A path template's variable: {id}, or {id=*} (one segment, the only pattern supported); a
 # field of a field is named by its path ({sequence.id}).
 VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)(?:=([^}]*))?\}")

@@ -21,10 +21,10 @@ from google.protobuf.message import Message
 
 from comms import auth, convert, store, validation
 from comms.errors import ERROR_CODE_HEADER, RpcFailure
+from comms.httpapi import REPLAYED
 from comms.validation import FieldViolation
 
 HEADER = "idempotency-key"
-REPLAYED = ("idempotent-replayed", "true")
 # How long a key is remembered (the contract promises at least 24 hours).
 RETENTION = dt.timedelta(hours=48)
 
