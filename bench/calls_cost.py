@@ -59,13 +59,13 @@ def _microseconds_per_call(serve: Any, count: int) -> float:
     return (time.process_time() - started) / count * 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.calls_cost", description=__doc__)
     parser.add_argument("--calls", type=int, default=50_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with open(os.devnull, "w") as sink:
         logs.configure("INFO", "json", sink)
-        observed = calls.CallInterceptor()._wrap(_Handler, METHOD).unary_unary
+        observed = calls.CallInterceptor().wrap(_Handler, METHOD).unary_unary
         _microseconds_per_call(observed, args.calls // 10)  # warm up
         full = _microseconds_per_call(observed, args.calls)
         logging.getLogger().setLevel(logging.WARNING)
