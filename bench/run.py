@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -46,15 +47,25 @@ from bench.stack import (
     Stack,
     Store,
     Usage,
+    free_port,
     fresh_store,
     machine_busy_seconds,
+    running_gateway,
     running_stack,
     usage,
 )
+from comms.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PATH_NAMES = {"http": "HTTP → Envoy", "grpc": "gRPC → server", "peer": "HTTP → peer"}
+PATH_NAMES = {
+    "http": "HTTP → Envoy",
+    "grpc": "gRPC → server",
+    # bench/floor.py: grpcio answering at once, with nothing of comms; straight and by Envoy
+    "floor": "gRPC → floor",
+    "floor_http": "HTTP → Envoy → floor",
+    "peer": "HTTP → peer",
+}
 # Issue 14: goodput is the best rate of the cells whose p99 is within the SLO (and that had
 # no errors); its targets, reported only, are set for SQLite.
 SLO_P99_MS = 50.0
@@ -63,6 +74,7 @@ TARGET_SERVER_CPU_MS = {"create": 0.45, "get": 0.25}
 TARGET_ENVOY_CPU_MS = 0.2
 TARGET_GET_P50_MS = 0.8  # through Envoy at one connection
 TARGET_GRPC_GETS = 3000.0
+BY_ENVOY = ("http", "floor_http")
 SEEDED = 200  # sequences created before the get cells; each get reads one of them in turn
 PROFILE_CONNECTIONS = 16
 
@@ -186,7 +198,7 @@ def _load(
     target: Target, operation: str, path: str, connections: int, workdir: Path, ids: Path | None
 ) -> Iterator[Callable[[float], Phase]]:
     """The run(seconds) of one cell's load generator, kept open for the cell."""
-    if path == "grpc":
+    if path in ("grpc", "floor"):
         assert target.grpc_target is not None
         with GrpcLoad.start(target.grpc_target, connections, target.token, operation, ids) as g:
             yield g.run
@@ -282,13 +294,13 @@ def cells_table(cells: list[Cell]) -> str:
                 _ms(phase.p99_ms),
                 str(cell.errors),
                 _cpu(m, m.server_cpu),
-                _cpu(m, m.envoy_cpu, cell.path == "http"),
+                _cpu(m, m.envoy_cpu, cell.path in BY_ENVOY),
                 _cpu(m, m.db_cpu, bool(m.db_cpu)),
                 _cpu(m, phase.generator_cpu_seconds),
                 f"{m.machine_busy:.0%}",
                 f"{m.others_busy:.0%}",
                 _mib(m.server.peak_rss_kib),
-                _mib(m.envoy.peak_rss_kib) if cell.path == "http" else "-",
+                _mib(m.envoy.peak_rss_kib) if cell.path in BY_ENVOY else "-",
                 "-" if cell.rows is None else str(cell.rows),
                 str(cell.answered_ok),
                 "-" if cell.rows is None else "yes" if cell.rows_match else "NO",
@@ -334,11 +346,21 @@ def goodput_table(cells: list[Cell]) -> str:
                     str(cell.connections),
                     _ms(m.phase.p99_ms),
                     _cpu(m, m.server_cpu),
-                    _cpu(m, m.envoy_cpu, path == "http"),
+                    _cpu(m, m.envoy_cpu, path in BY_ENVOY),
                     f"{ratio:.2f}" if ratio is not None else "-",
                 ]
             )
     return markdown_table(header, rows)
+
+
+def _floor(cells: list[Cell], operation: str, path: str, cpu: str) -> str:
+    """What the same CPU figure is with the floor behind it, if the run measured it."""
+    cell = next((c for c in cells if (c.operation, c.path) == (operation, path)), None)
+    if cell is None:
+        return ""
+    m = cell.measured
+    figure = m.per_request_ms(getattr(m, cpu))
+    return f" (with bench/floor.py as the server, {PATH_NAMES[path]}: {figure:.2f})"
 
 
 def target_lines(cells: list[Cell], store: str) -> list[str]:
@@ -365,11 +387,12 @@ def target_lines(cells: list[Cell], store: str) -> list[str]:
             where = f" (at the goodput cell, {ours.connections} connections)"
             checks.append(
                 (f"{operation}: server CPU ≤ {limit} ms/req{where}", server <= limit,
-                 f"{server:.2f}")
+                 f"{server:.2f}" + _floor(cells, operation, "floor", "server_cpu"))
             )  # fmt: skip
             checks.append(
                 (f"{operation}: Envoy CPU ≤ {TARGET_ENVOY_CPU_MS} ms/req{where}",
-                 envoy <= TARGET_ENVOY_CPU_MS, f"{envoy:.2f}")
+                 envoy <= TARGET_ENVOY_CPU_MS,
+                 f"{envoy:.2f}" + _floor(cells, operation, "floor_http", "envoy_cpu"))
             )  # fmt: skip
     one = next(
         (c for c in cells if (c.operation, c.path, c.connections) == ("get", "http", 1)), None
@@ -495,11 +518,49 @@ def sweep(target: Target, paths: list[str], args: argparse.Namespace, workdir: P
     return done
 
 
+@contextlib.contextmanager
+def running_floor(stack: Stack, workdir: Path) -> Iterator[Target]:
+    """bench/floor.py on a free port, with the server's worker count, and a `comms gateway` of
+    the stack's settings in front of it."""
+    port = free_port()
+    workers = os.environ.get("COMMS_GRPC_WORKERS", str(Settings.grpc_workers))
+    command = [sys.executable, "-m", "bench.floor", str(port), workers]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO) as process:
+        try:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError("bench/floor.py did not start")
+            floor_dir = workdir / "floor"
+            floor_dir.mkdir()
+            with running_gateway(stack.env, floor_dir, [f"127.0.0.1:{port}"]) as (envoy, url):
+                yield Target(
+                    url, (process.pid,), envoy.pid, grpc_target=f"127.0.0.1:{port}",
+                    token=stack.token,
+                )  # fmt: skip
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
 def benchmark(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
     ours = sweep(Target.of(stack), args.paths, args, workdir)
     total_rows, _ = stack.store.rows()
     intact = all(c.rows_match for c in ours.cells) and total_rows == ours.expected_rows
     cells, profiles = ours.cells, ours.profiles
+    if "grpc" in args.paths:
+        any_id = workdir / "floor-ids.txt"  # the floor answers every id alike
+        any_id.write_text(str(uuid.uuid4()) + "\n")
+        paths = ["floor"] + (["floor_http"] if "http" in args.paths else [])
+        with running_floor(stack, workdir) as target:
+            for operation in args.operations:
+                for path in paths:
+                    log(f"{operation}, {PATH_NAMES[path]}, {PROFILE_CONNECTIONS} connections: "
+                        f"{args.warmup:g} s warm-up + {args.duration:g} s")  # fmt: skip
+                    cell, _ = run_cell(
+                        target, operation, path, PROFILE_CONNECTIONS, args.duration,
+                        args.warmup, workdir, any_id,
+                    )  # fmt: skip
+                    cells.append(cell)
     if args.peer:
         peer_dir = workdir / "peer"
         peer_dir.mkdir()

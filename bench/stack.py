@@ -342,6 +342,26 @@ def _spawn_envoy(env: dict[str, str], workdir: Path, access_log: bool) -> subpro
 
 
 @contextlib.contextmanager
+def running_gateway(
+    env: Mapping[str, str], workdir: Path, upstreams: Sequence[str]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Another `comms gateway` of env's settings, on ports of its own, in front of upstreams;
+    it and its /v1/sequences URL."""
+    http_port, admin_port = free_port(), free_port()
+    own = dict(env) | {
+        "COMMS_HTTP_PORT": str(http_port),
+        "COMMS_ADMIN_PORT": str(admin_port),
+        "COMMS_UPSTREAMS": ",".join(upstreams),
+        "COMMS_DATA_DIR": str(workdir),
+    }
+    envoy = _spawn_envoy(own, workdir, access_log=False)
+    try:
+        yield envoy, f"http://127.0.0.1:{http_port}/v1/sequences"
+    finally:
+        _stop(envoy)
+
+
+@contextlib.contextmanager
 def running_stack(
     store: Store,
     workdir: Path,

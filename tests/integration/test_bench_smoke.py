@@ -1,17 +1,19 @@
 """A few seconds of `make bench` on one configuration (SQLite, 4 connections, creates and gets,
-over both paths, and against a stand-in peer): every create answered 2xx (gRPC: OK) is stored,
+over both paths, the same against bench/floor.py, and against a stand-in peer): every create answered 2xx (gRPC: OK) is stored,
 a get stores nothing, and none fails. It checks the harness, never speed: timed figures come
 from `make bench` alone. The real peer (issue 14) is not in the repository, so `--peer` runs
 here on a minimal ASGI app written by the test, which uvicorn serves as it would the peer."""
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from bench import run
+from bench import calls_cost, run
 from bench.load import Phase
 from bench.stack import Usage
 
@@ -73,17 +75,19 @@ def test_bench_counts_creates_and_gets_and_compares_a_peer(
     assert status == 0, out  # 1: the rows stored differ from what the answers say
     cells, goodput = _tables(out)[:2]
     seen = [(c["operation"], c["path"]) for c in cells]
-    ours = [("create", "gRPC → server"), ("get", "gRPC → server")]
+    paths, floors = ["gRPC → server"], ["gRPC → floor"]
     if HAVE_WRK:
-        ours = [
-            (op, path) for op in ("create", "get") for path in ("HTTP → Envoy", "gRPC → server")
-        ]
-        ours += [("create", "HTTP → peer"), ("get", "HTTP → peer")]
+        paths, floors = ["HTTP → Envoy", *paths], [*floors, "HTTP → Envoy → floor"]
+    ours = [(op, path) for op in ("create", "get") for path in paths]
+    ours += [(op, path) for op in ("create", "get") for path in floors]  # then bench/floor.py
+    ours += [("create", "HTTP → peer"), ("get", "HTTP → peer")] if HAVE_WRK else []
     assert seen == ours, out
     for cell in cells:
         assert cell["errors"] == "0", out
         assert int(cell["2xx"]) > 0, out
-        if cell["path"] == "HTTP → peer":  # its store is not the benchmark's to count
+        if cell["path"] == "HTTP → Envoy → floor":
+            assert cell["Envoy CPU ms/req"] != "-", out
+        if "peer" in cell["path"] or "floor" in cell["path"]:  # no store the benchmark counts
             assert (cell["rows"], cell["rows as expected"]) == ("-", "-"), out
         else:
             stored = int(cell["2xx"]) if cell["operation"] == "create" else 0
@@ -106,6 +110,10 @@ def test_bench_counts_creates_and_gets_and_compares_a_peer(
             else:
                 assert float(ratio) == pytest.approx(int(best) / int(peer_best), abs=0.01), out
     assert "- create: goodput through Envoy ≥ 2.5x the peer's:" in out, out
+    # Each CPU target is shown beside the same figure with nothing of comms behind grpcio.
+    floor = re.compile(r"\(with bench/floor\.py as the server, (gRPC|HTTP) → [^:]+: \d+\.\d\d\)")
+    cpu_lines = [line for line in out.splitlines() if " CPU ≤ " in line]
+    assert len(cpu_lines) == 4 and all(floor.search(line) for line in cpu_lines), out
 
 
 def _cell(rate: float, p99_ms: float, errors: int = 0, path: str = "http") -> run.Cell:
@@ -147,3 +155,22 @@ def test_bench_profile_names_the_servers_functions(capsys: pytest.CaptureFixture
         assert envoy.startswith(": no profile: no Envoy in this cell"), out
     else:
         assert envoy.startswith((" (perf cpu-clock", ": no profile: perf is not installed")), out
+
+
+def test_calls_cost_measures_the_wrapper_calls_py_builds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        calls_cost.main(["--calls", "200"])  # it logs to /dev/null, at INFO then WARNING
+    finally:
+        root.handlers[:], root.level = handlers, level
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r"request id, metrics and JSON log line: -?\d+\.\d µs of CPU per call", lines[0]
+    )
+    assert re.fullmatch(
+        r"  of which the log line: -?\d+\.\d µs; without it: -?\d+\.\d µs", lines[1]
+    )
