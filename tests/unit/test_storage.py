@@ -458,7 +458,8 @@ def _old_request(brand: str, name: str, key: str = "") -> dict[str, Any]:
 def test_keys_of_version_2_replay_their_answer_after_the_upgrade(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = dt.datetime(2026, 12, 1, 9, 30, 15, 123456)
+    # Within the keys' retention of now (a fixed date expires), to the microsecond.
+    at = (convert.utc_now() - dt.timedelta(hours=1)).replace(microsecond=123456)
     database, original = _version_2_store(
         database_url,
         monkeypatch,
