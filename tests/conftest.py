@@ -7,6 +7,7 @@ an unreachable PostgreSQL fails the run instead of skipping its half."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -29,6 +30,17 @@ def _postgres_error() -> str | None:
     except psycopg2.OperationalError as error:
         return str(error).strip()
     return None
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_kept() -> Iterator[None]:
+    """Each test leaves the root logger as it found it: cli.main and logs.configure point it
+    at the test's stream, which pytest closes afterwards (later lines would fail to write)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

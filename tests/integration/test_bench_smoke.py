@@ -6,7 +6,6 @@ here on a minimal ASGI app written by the test, which uvicorn serves as it would
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -160,12 +159,7 @@ def test_bench_profile_names_the_servers_functions(capsys: pytest.CaptureFixture
 def test_calls_cost_measures_the_wrapper_calls_py_builds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        calls_cost.main(["--calls", "200"])  # it logs to /dev/null, at INFO then WARNING
-    finally:
-        root.handlers[:], root.level = handlers, level
+    calls_cost.main(["--calls", "200"])  # it logs to /dev/null (tests.conftest restores it)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2, lines
     assert re.fullmatch(

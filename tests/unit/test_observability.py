@@ -17,13 +17,9 @@ from comms.config import ConfigError
 
 @pytest.fixture
 def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
-    """The root logger, and a buffer for logs.configure to write into."""
-    out = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield root, out
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    """The root logger, and a buffer for logs.configure to write into (tests.conftest puts the
+    logger back afterwards)."""
+    yield logging.getLogger(), io.StringIO()
 
 
 def _call_line(logger: logging.Logger) -> None:
