@@ -10,13 +10,14 @@ from typing import Any
 
 import grpc
 import peewee as pw
+import psycopg2
 import pytest
 from google.protobuf import json_format
 
 from comms import auth, convert, db, housekeeping, migrations, models, store
 from comms.service import SequenceService
 from comms.v1 import sequences_pb2 as pb
-from tests.conftest import fresh_database_url
+from tests.conftest import POSTGRES_URL, fresh_database_url
 from tests.requests import valid_body
 
 
@@ -494,3 +495,60 @@ def test_keys_of_version_2_replay_their_answer_after_the_upgrade(
         assert _stored(database) == before
     finally:
         database.close_all()
+
+
+def _backend(database: pw.Database) -> int:
+    """The PostgreSQL backend of the connection the pool hands out (one idle in it)."""
+    with database.connection_context():
+        return int(database.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+
+
+def _last_query(backend: int) -> str:
+    with psycopg2.connect(POSTGRES_URL) as admin, admin.cursor() as cursor:
+        cursor.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (backend,))
+        return str(cursor.fetchone()[0])
+
+
+def test_the_pool_hands_out_an_idle_connection_without_a_round_trip(
+    postgres: pw.Database,
+) -> None:
+    backend = _backend(postgres)
+    with postgres.connection_context():
+        postgres.execute_sql("SELECT 'the last query before the checkout'")
+    with postgres.connection_context():  # the same connection, checked out again
+        assert _last_query(backend) == "SELECT 'the last query before the checkout'"
+        assert int(postgres.execute_sql("SELECT pg_backend_pid()").fetchone()[0]) == backend
+
+
+def test_connections_dropped_while_idle_cost_one_call(postgres: pw.Database) -> None:
+    """The server drops every pooled connection (a restart): the next call is UNAVAILABLE, and
+    it empties the pool of the others, so the call after it opens a new one and succeeds."""
+    created, _ = _create(postgres, valid_body())
+    together = threading.Barrier(3)
+    backends: list[int] = []
+
+    def hold() -> None:  # three connections at once, all idle in the pool afterwards
+        with postgres.connection_context():
+            backends.append(postgres.connection().get_backend_pid())
+            together.wait(timeout=10)
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(backends)) == 3 and len(postgres._connections) == 3  # type: ignore[attr-defined]
+    with psycopg2.connect(POSTGRES_URL) as admin, admin.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", (backends,))
+    service, request = SequenceService(postgres), pb.GetSequenceRequest(id=created.id)
+    context = _Context()
+    with auth.serving_as(CALLER), pytest.raises(grpc.RpcError):
+        service.GetSequence(request, context)
+    assert context.status is not None
+    assert (context.status.code, context.status.details) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "the store is unavailable; retry later",
+    )
+    assert len(postgres._connections) == 0  # type: ignore[attr-defined]
+    with auth.serving_as(CALLER):
+        assert service.GetSequence(request, _Context()) == created
