@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 import peewee as pw
 from playhouse import db_url
 from playhouse.pool import PooledPostgresqlDatabase
-from psycopg2 import extensions
 
 from comms import migrations
 
@@ -21,24 +20,21 @@ _SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys":
 
 class _PooledPostgres(PooledPostgresqlDatabase):
     """peewee checks each idle connection it hands out with a SELECT 1 round trip: a quarter
-    of a get's store time and CPU. Here only what psycopg2 knows without asking the server is
-    checked. A connection the server dropped while idle fails the one call using it
-    (UNAVAILABLE, which callers retry); that failure also closes the pool's other idle
-    connections (drop_idle), so a restart or a failover costs a process about one call, not one
-    per pooled connection."""
+    of a get's store time and CPU. Here a checkout asks only what psycopg2 knows locally. A
+    connection the server dropped while idle then fails the one call using it (UNAVAILABLE,
+    which callers retry), and when it comes back broken the pool closes its idle ones too: a
+    restart or a failover breaks them all, so it costs a process about one call, not one per
+    pooled connection."""
 
     def _is_closed(self, conn: Any) -> bool:
-        if conn.closed:
+        # peewee's own reuse test, which sends nothing for an idle connection.
+        return bool(conn.closed) or not self._adapter.is_connection_reusable(conn)
+
+    def _can_reuse(self, conn: Any) -> bool:
+        if super()._can_reuse(conn):
             return True
-        return bool(conn.info.transaction_status == extensions.TRANSACTION_STATUS_UNKNOWN)
-
-
-def drop_idle(database: pw.Database) -> None:
-    """After a store error: close the pool's idle connections, which that error suggests are
-    broken too (a restarted or failed-over server); the next calls open new ones."""
-    close_idle = getattr(database, "close_idle", None)
-    if close_idle is not None:
-        close_idle()
+        self.close_idle()
+        return False
 
 
 def open_database(
@@ -48,8 +44,8 @@ def open_database(
 
     Every call opens a connection from the pool and gives it back, so idle threads hold none.
     A connection the store broke (a restart, a failover) fails the one call using it, which
-    the service answers UNAVAILABLE, and is dropped from the pool, not handed out again; the
-    service then drops the idle ones too (drop_idle)."""
+    the service answers UNAVAILABLE, and is dropped from the pool, not handed out again (on
+    PostgreSQL with the idle ones, see _PooledPostgres)."""
     scheme = urlsplit(url).scheme
     options: dict[str, object] = {"max_connections": max_connections, "stale_timeout": 300}
     if scheme in ("postgres", "postgresql"):

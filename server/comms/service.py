@@ -17,7 +17,6 @@ from google.rpc import error_details_pb2
 from comms import (
     auth,
     convert,
-    db,
     editing,
     httpapi,
     idempotency,
@@ -120,7 +119,6 @@ def answers_errors(handler: Handler) -> Handler:
         except (pw.OperationalError, pw.InterfaceError) as error:
             log.warning("%s: store unavailable: %s", handler.__name__, _what_failed(error))
             metrics.STORE_ERRORS.labels(type(error).__name__).inc()
-            db.drop_idle(self._db)
             unavailable = RpcFailure(
                 grpc.StatusCode.UNAVAILABLE, "the store is unavailable; retry later"
             )
