@@ -1,14 +1,15 @@
 """The floor under the server's CPU per call: what grpcio itself costs, with nothing of comms.
 
-    python -m bench.floor PORT [WORKERS]
+    python -m bench.floor PORT
 
 Serves comms.v1.SequenceService on 127.0.0.1:PORT the way `comms serve` does (grpc.server
-over a thread pool of WORKERS, default COMMS_GRPC_WORKERS's default), but CreateSequence and
-GetSequence answer one fixed Sequence of three steps at once: no interceptors, token, store,
-validation, metrics or log line (and grpc.health.v1 says SERVING, so that Envoy sends it
-calls). Prints "ready" once it serves. `make bench` drives it with
-bench/grpc_driver.py like the real server, so its CPU per call is the part of the real one that
-no change to comms' own code can remove (issue 14's server CPU targets are read against it)."""
+over a thread pool of COMMS_GRPC_WORKERS threads, read as `comms serve` reads it), but
+CreateSequence and GetSequence answer one fixed Sequence of three steps at once: no
+interceptors, token, store, validation, metrics or log line (grpc.health.v1 says SERVING, so
+that Envoy sends it calls). Prints "ready" once it serves. `make bench` drives it with
+bench/grpc_driver.py like the real server, so its CPU per call is the part of the real one
+that no change to comms' own code can remove (issue 14's server CPU targets are read against
+it)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2_grpc
 
 from bench.load import BODY
-from comms import convert
-from comms.config import Settings
+from comms import config, convert
 from comms.v1 import sequences_pb2 as pb
 from comms.v1 import sequences_pb2_grpc as pb_grpc
 
@@ -42,7 +42,8 @@ class Fixed(pb_grpc.SequenceServiceServicer):
         return ANSWER
 
 
-def main(port: int, workers: int) -> None:
+def main(port: int) -> None:
+    workers = config.load().grpc_workers
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     pb_grpc.add_SequenceServiceServicer_to_server(Fixed(), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)  # for Envoy
@@ -53,4 +54,4 @@ def main(port: int, workers: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else Settings.grpc_workers)
+    main(int(sys.argv[1]))

@@ -54,7 +54,6 @@ from bench.stack import (
     running_stack,
     usage,
 )
-from comms.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -520,11 +519,10 @@ def sweep(target: Target, paths: list[str], args: argparse.Namespace, workdir: P
 
 @contextlib.contextmanager
 def running_floor(stack: Stack, workdir: Path) -> Iterator[Target]:
-    """bench/floor.py on a free port, with the server's worker count, and a `comms gateway` of
-    the stack's settings in front of it."""
+    """bench/floor.py on a free port, with the server's settings, and a `comms gateway` of the
+    stack's settings in front of it."""
     port = free_port()
-    workers = os.environ.get("COMMS_GRPC_WORKERS", str(Settings.grpc_workers))
-    command = [sys.executable, "-m", "bench.floor", str(port), workers]
+    command = [sys.executable, "-m", "bench.floor", str(port)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO) as process:
         try:
             assert process.stdout is not None
