@@ -1,6 +1,6 @@
 """A few seconds of `make bench` on one configuration (SQLite, 4 connections, creates and gets,
-over both paths, the same against bench/floor.py, and against a stand-in peer): every create answered 2xx (gRPC: OK) is stored,
-a get stores nothing, and none fails. It checks the harness, never speed: timed figures come
+over both paths, the same against bench/floor.py, and against a stand-in peer): every create
+answered 2xx (gRPC: OK) is stored, a get stores nothing, and none fails. It checks the harness, never speed: timed figures come
 from `make bench` alone. The real peer (issue 14) is not in the repository, so `--peer` runs
 here on a minimal ASGI app written by the test, which uvicorn serves as it would the peer."""
 
