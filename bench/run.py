@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import os
 import platform
 import re
@@ -540,25 +541,32 @@ def running_floor(stack: Stack, workdir: Path) -> Iterator[Target]:
             process.wait(30)
 
 
+def floor_cells(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[Cell]:
+    """A cell per operation at 16 connections against bench/floor.py: over gRPC, and with the
+    HTTP path through a gateway too."""
+    any_id = workdir / "floor-ids.txt"  # the floor answers every id alike
+    any_id.write_text(str(uuid.uuid4()) + "\n")
+    paths = ["floor"] + (["floor_http"] if "http" in args.paths else [])
+    cells = []
+    with running_floor(stack, workdir) as target:
+        for operation, path in itertools.product(args.operations, paths):
+            log(f"{operation}, {PATH_NAMES[path]}, {PROFILE_CONNECTIONS} connections: "
+                f"{args.warmup:g} s warm-up + {args.duration:g} s")  # fmt: skip
+            cell, _ = run_cell(
+                target, operation, path, PROFILE_CONNECTIONS, args.duration, args.warmup,
+                workdir, any_id,
+            )  # fmt: skip
+            cells.append(cell)
+    return cells
+
+
 def benchmark(stack: Stack, args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
     ours = sweep(Target.of(stack), args.paths, args, workdir)
     total_rows, _ = stack.store.rows()
     intact = all(c.rows_match for c in ours.cells) and total_rows == ours.expected_rows
     cells, profiles = ours.cells, ours.profiles
     if "grpc" in args.paths:
-        any_id = workdir / "floor-ids.txt"  # the floor answers every id alike
-        any_id.write_text(str(uuid.uuid4()) + "\n")
-        paths = ["floor"] + (["floor_http"] if "http" in args.paths else [])
-        with running_floor(stack, workdir) as target:
-            for operation in args.operations:
-                for path in paths:
-                    log(f"{operation}, {PATH_NAMES[path]}, {PROFILE_CONNECTIONS} connections: "
-                        f"{args.warmup:g} s warm-up + {args.duration:g} s")  # fmt: skip
-                    cell, _ = run_cell(
-                        target, operation, path, PROFILE_CONNECTIONS, args.duration,
-                        args.warmup, workdir, any_id,
-                    )  # fmt: skip
-                    cells.append(cell)
+        cells = cells + floor_cells(stack, args, workdir)
     if args.peer:
         peer_dir = workdir / "peer"
         peer_dir.mkdir()
